@@ -1,0 +1,23 @@
+"""Segmentation engines, by name. Later engines (SAM2 few-shot, atlas) register here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sslmedsam2.engines.base import Engine, EngineFactory, RuntimeOptions, Segmentation
+from sslmedsam2.engines.nnunet import NnUNetEngine
+
+ENGINES: dict[str, EngineFactory] = {
+    "nnunet": NnUNetEngine,
+}
+
+
+def build_engines(names: tuple[str, ...], weights_dir: Path, options: RuntimeOptions) -> list[Engine]:
+    """Engines in order of preference; unknown names are a usage error."""
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engine(s) {', '.join(unknown)}; available: {', '.join(ENGINES)}")
+    return [ENGINES[name](weights_dir, options) for name in names]
+
+
+__all__ = ["ENGINES", "Engine", "RuntimeOptions", "Segmentation", "build_engines"]

@@ -1,0 +1,52 @@
+"""The interface every segmentation engine implements.
+
+An engine is built once from a weights folder and then called per volume, like nnU-Net's
+predictor. The few-shot SAM2 and atlas engines plug in beside nnU-Net through this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Choices about how to run a model, shared by all engines. None means 'decide by device'."""
+
+    device: str = "auto"
+    tta: bool | None = None
+    folds: tuple[str, ...] | None = None
+    configuration: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class Segmentation:
+    """A binary mask on the input's (z, y, x) grid and a short description of how it was made."""
+
+    mask: np.ndarray
+    detail: str
+
+
+class Engine(Protocol):
+    """Loads once, segments many volumes."""
+
+    name: str
+
+    def can_segment(self, sequence: str) -> bool:
+        """True when this engine has what it needs (weights, supports) for ``sequence``."""
+
+    def missing(self, sequence: str) -> str:
+        """What would have to exist for ``sequence`` to be served, and where."""
+
+    def segment(self, image: sitk.Image, sequence: str) -> Segmentation:
+        """Segment a validated 3D volume; the mask has the image's array shape."""
+
+
+class EngineFactory(Protocol):
+    def __call__(self, weights_dir: Path, options: RuntimeOptions) -> Engine: ...

@@ -1,0 +1,192 @@
+"""nnU-Net v2 ensemble engine: every trained fold found in the weights folder, one predictor each.
+
+Weights layout: ``<weights>/nnunet/<SEQUENCE>/<Trainer>__<Plans>__<configuration>/fold_<k>/
+checkpoint_final.pth`` beside that folder's ``dataset.json`` and ``plans.json`` (exactly what
+nnU-Net writes under ``nnUNet_results``).
+
+On a GPU the default is the paper's deployment: 3d_fullres, all folds, mirroring TTA. On a CPU a
+5-fold TTA ensemble of the default network takes hours per CARE volume, so the default drops to
+one fold (``all`` when present), no TTA, and a 2d model when one exists; the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.errors import WeightsError
+from sslmedsam2.io import volume_array
+from sslmedsam2.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint_final.pth"
+_GPU_PREFERENCE = ("3d_fullres", "2d", "3d_lowres")
+_CPU_PREFERENCE = ("2d", "3d_fullres", "3d_lowres")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A trained nnU-Net model folder and the folds it holds."""
+
+    path: Path
+    configuration: str
+    folds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model, folds and TTA the engine runs, and why (for the log)."""
+
+    model: ModelFolder
+    folds: tuple[str, ...]
+    tta: bool
+    reason: str
+
+    def describe(self) -> str:
+        folds = ",".join(self.folds)
+        return f"{self.model.configuration} folds={folds} tta={'on' if self.tta else 'off'}"
+
+
+def sequence_dir(weights_dir: Path, sequence: str) -> Path:
+    return Path(weights_dir) / "nnunet" / sequence
+
+
+def discover_models(weights_dir: Path, sequence: str) -> list[ModelFolder]:
+    """Model folders for ``sequence`` that hold at least one finished fold."""
+    root = sequence_dir(weights_dir, sequence)
+    if not root.is_dir():
+        return []
+    models = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        parts = folder.name.split("__")
+        folds = tuple(sorted(f.name.removeprefix("fold_") for f in folder.glob("fold_*")
+                             if (f / CHECKPOINT).is_file()))
+        if len(parts) == 3 and folds:
+            models.append(ModelFolder(path=folder, configuration=parts[2], folds=folds))
+    return models
+
+
+def choose_model(models: list[ModelFolder], options: RuntimeOptions, on_gpu: bool) -> ModelChoice:
+    """Pick configuration, folds and TTA: explicit options win, else what suits the device."""
+    by_config = {m.configuration: m for m in models}
+    if options.configuration:
+        if options.configuration not in by_config:
+            raise WeightsError(
+                f"no '{options.configuration}' model in {models[0].path.parent} "
+                f"(found: {', '.join(by_config)})")
+        model = by_config[options.configuration]
+    else:
+        preference = _GPU_PREFERENCE if on_gpu else _CPU_PREFERENCE
+        model = next((by_config[c] for c in preference if c in by_config), models[0])
+    reasons = []
+    if options.folds:
+        missing = [f for f in options.folds if f not in model.folds]
+        if missing:
+            raise WeightsError(f"{model.path}: no fold(s) {', '.join(missing)} "
+                               f"(found: {', '.join(model.folds)})")
+        folds = options.folds
+    elif on_gpu or len(model.folds) == 1:
+        folds = model.folds
+    else:
+        folds = ("all",) if "all" in model.folds else model.folds[:1]
+        reasons.append(f"CPU: 1 of {len(model.folds)} folds (--folds to ensemble more)")
+    tta = options.tta if options.tta is not None else on_gpu
+    if options.tta is None and not on_gpu:
+        reasons.append("CPU: mirroring TTA off (8x cost; --tta turns it on)")
+    if not options.configuration and not on_gpu and len(by_config) > 1:
+        reasons.append(f"CPU: prefers {model.configuration} of {', '.join(by_config)}")
+    return ModelChoice(model=model, folds=folds, tta=tta, reason="; ".join(reasons))
+
+
+class NnUNetEngine:
+    """One nnUNetPredictor per sequence, created on first use and reused for every case."""
+
+    name = "nnunet"
+
+    def __init__(self, weights_dir: Path, options: RuntimeOptions) -> None:
+        self.weights_dir = Path(weights_dir)
+        self.options = options
+        self._loaded: dict[str, tuple[object, ModelChoice]] = {}
+        self._device = None
+
+    def can_segment(self, sequence: str) -> bool:
+        return bool(discover_models(self.weights_dir, sequence))
+
+    def missing(self, sequence: str) -> str:
+        return (f"an nnU-Net model for {sequence} at {sequence_dir(self.weights_dir, sequence)}/"
+                f"<Trainer>__<Plans>__<configuration>/fold_<k>/{CHECKPOINT} "
+                "(with dataset.json and plans.json beside the fold folders)")
+
+    def choice(self, sequence: str) -> ModelChoice:
+        """The model/folds/TTA used for ``sequence`` (loads the model on first call)."""
+        return self._predictor(sequence)[1]
+
+    def segment(self, image: sitk.Image, sequence: str) -> Segmentation:
+        predictor, choice = self._predictor(sequence)
+        spacing_zyx = list(image.GetSpacing())[::-1]
+        seg = predictor.predict_single_npy_array(volume_array(image)[None], {"spacing": spacing_zyx})
+        patches = sliding_window_patches(predictor, image.GetSize()[::-1], spacing_zyx)
+        return Segmentation(mask=(np.asarray(seg) > 0).astype(np.uint8),
+                            detail=f"{choice.describe()} patches={patches}")
+
+    def _predictor(self, sequence: str):
+        if sequence not in self._loaded:
+            self._loaded[sequence] = self._load(sequence)
+        return self._loaded[sequence]
+
+    def _load(self, sequence: str):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        models = discover_models(self.weights_dir, sequence)
+        if not models:
+            raise WeightsError(f"missing weights: expected {self.missing(sequence)}")
+        if self._device is None:
+            self._device = resolve_device(self.options.device)
+        on_gpu = self._device.type == "cuda"
+        choice = choose_model(models, self.options, on_gpu)
+        started = time.perf_counter()
+        predictor = nnUNetPredictor(use_mirroring=choice.tta, perform_everything_on_device=on_gpu,
+                                    device=self._device, verbose=False, allow_tqdm=False)
+        try:
+            predictor.initialize_from_trained_model_folder(
+                str(choice.model.path), use_folds=tuple(_fold_arg(f) for f in choice.folds),
+                checkpoint_name=CHECKPOINT)
+        except Exception as exc:  # torch/pickle/json errors all mean the same to the user
+            raise WeightsError(
+                f"{choice.model.path}: cannot load nnU-Net model "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}); "
+                "re-export the model folder or point --weights elsewhere") from None
+        log.info("nnunet %s: loaded %s (%s) on %s in %.1f s%s", sequence, choice.model.path.name,
+                 choice.describe(), self._device, time.perf_counter() - started,
+                 f" [{choice.reason}]" if choice.reason else "")
+        return predictor, choice
+
+
+def _fold_arg(fold: str) -> int | str:
+    return fold if fold == "all" else int(fold)
+
+
+def sliding_window_patches(predictor, shape_zyx: tuple[int, ...], spacing_zyx: list[float]) -> int:
+    """Sliding-window patches per fold and mirror for a volume (after nnU-Net's resampling)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    manager = predictor.configuration_manager
+    target = list(manager.spacing)
+    patch = list(manager.patch_size)
+    if len(target) == len(shape_zyx):
+        shape = [int(s) for s in compute_new_shape(shape_zyx, spacing_zyx, target)]
+    else:  # 2d: in-plane resampling only
+        shape = [shape_zyx[0], *(int(s) for s in compute_new_shape(shape_zyx[1:], spacing_zyx[1:], target))]
+    planes = shape[-len(patch):]
+    padded = [max(s, p) for s, p in zip(planes, patch)]
+    steps = compute_steps_for_sliding_window(padded, patch, predictor.tile_step_size)
+    count = int(np.prod([len(s) for s in steps]))
+    return count * (shape[0] if len(patch) < len(shape) else 1)

@@ -1,0 +1,169 @@
+"""The container's job: every volume in the input layout -> a mask on its exact grid.
+
+One :class:`InferenceSettings` is built by the CLI/entrypoint; :func:`run_inference` detects the
+layout, segments each job with the first engine that can serve its sequence, writes masks
+atomically, logs one line per case and writes a JSON summary. A bad case is recorded and skipped;
+the others are still written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
+from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
+from sslmedsam2.io import read_volume, write_mask
+from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
+from sslmedsam2.runtime import configure_threads
+from sslmedsam2.sequences import GED4
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "sslmedsam2-summary.json"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Everything a run needs; nothing is read from the environment below this point."""
+
+    input_path: Path
+    output_dir: Path
+    weights_dir: Path
+    engines: tuple[str, ...] = ("nnunet",)
+    runtime: RuntimeOptions = RuntimeOptions()
+    #: CARE sequences to segment besides GED4; None = every sequence an engine can serve.
+    sequences: tuple[str, ...] | None = None
+    #: Sequence assumed for Grand Challenge and plain inputs, which do not name one.
+    default_sequence: str = GED4
+    slugs: GrandChallengeSlugs = GrandChallengeSlugs()
+
+
+@dataclass
+class CaseRecord:
+    case: str
+    sequence: str
+    input: str
+    output: str | None
+    engine: str | None
+    seconds: float
+    status: str  # "ok", "error" or "skipped"
+    message: str = ""
+
+
+@dataclass
+class RunSummary:
+    layout: str
+    records: list[CaseRecord] = field(default_factory=list)
+    fatal: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal:
+            return 2
+        return 1 if any(r.status == "error" for r in self.records) else 0
+
+    def counts(self) -> dict[str, int]:
+        counts = {"ok": 0, "error": 0, "skipped": 0}
+        for record in self.records:
+            counts[record.status] += 1
+        return counts
+
+
+def run_inference(settings: InferenceSettings) -> RunSummary:
+    """Segment every job; never raises for a bad case, only records it."""
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = detect_layout(settings.input_path, settings.output_dir, settings.slugs)
+    except SSLMedSAM2Error as exc:
+        log.error("%s", exc)
+        summary = RunSummary(layout="unknown", fatal=str(exc))
+        write_summary(summary, settings)
+        return summary
+    threads = configure_threads(settings.runtime.threads)
+    log.info("layout %s: %d volume(s) in %s; %d thread(s)", plan.name, len(plan.jobs),
+             settings.input_path, threads)
+    summary = RunSummary(layout=plan.name)
+    for problem in plan.problems:
+        log.error("%s", problem)
+        summary.records.append(CaseRecord(case=problem.path.name, sequence="", input=str(problem.path),
+                                          output=None, engine=None, seconds=0.0, status="error",
+                                          message=str(problem)))
+    engines = build_engines(settings.engines, settings.weights_dir, settings.runtime)
+    for job in plan.jobs:
+        summary.records.append(_run_job(job, engines, settings))
+    write_summary(summary, settings)
+    counts = summary.counts()
+    log.info("done: %d ok, %d error(s), %d skipped", counts["ok"], counts["error"], counts["skipped"])
+    return summary
+
+
+def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings) -> CaseRecord:
+    sequence = job.sequence or settings.default_sequence
+    record = CaseRecord(case=job.case, sequence=sequence, input=str(job.input_path), output=None,
+                        engine=None, seconds=0.0, status="ok")
+    started = time.perf_counter()
+    if not _requested(sequence, job, settings):
+        record.status, record.message = "skipped", f"{sequence} not in --sequences"
+        return record
+    engine = next((e for e in engines if e.can_segment(sequence)), None)
+    if engine is None and not _required(sequence, job, settings):
+        record.status, record.message = "skipped", f"no model for {sequence}"
+        log.info("case %s %s: skipped (no engine serves %s)", job.case, sequence, sequence)
+        return record
+    try:
+        if engine is None:
+            needs = "; or ".join(e.missing(sequence) for e in engines)
+            raise EngineUnavailableError(f"{job.input_path}: no engine can segment {sequence}: "
+                                         f"missing {needs}")
+        image = read_volume(job.input_path)
+        segmentation = engine.segment(image, sequence)
+        write_mask(segmentation.mask, image, job.output_path)
+        record.output, record.engine = str(job.output_path), engine.name
+        record.message = segmentation.detail
+    except SSLMedSAM2Error as exc:
+        record.status, record.message = "error", str(exc)
+    except Exception as exc:  # an engine crash must not lose the other cases
+        record.status = "error"
+        record.message = f"{job.input_path}: segmentation failed ({type(exc).__name__}: {exc})"
+    record.seconds = round(time.perf_counter() - started, 3)
+    if record.status == "ok":
+        log.info("case %s %s: %s %.1f s [%s]", job.case, sequence, record.engine, record.seconds,
+                 record.message)
+    else:
+        log.error("%s", record.message.splitlines()[0] if record.message else "error")
+    return record
+
+
+def _requested(sequence: str, job: Job, settings: InferenceSettings) -> bool:
+    if settings.sequences is None or job.sequence is None or sequence == GED4:
+        return True
+    return sequence in settings.sequences
+
+
+def _required(sequence: str, job: Job, settings: InferenceSettings) -> bool:
+    """GED4, non-CARE inputs and explicitly requested sequences must be segmented."""
+    if sequence == GED4 or job.sequence is None:
+        return True
+    return settings.sequences is not None and sequence in settings.sequences
+
+
+def write_summary(summary: RunSummary, settings: InferenceSettings) -> Path:
+    """JSON provenance beside the outputs: settings, per-case records, counts."""
+    path = settings.output_dir / SUMMARY_NAME
+    payload = {
+        "layout": summary.layout,
+        "exit_code": summary.exit_code,
+        "fatal": summary.fatal,
+        "counts": summary.counts(),
+        "settings": json.loads(json.dumps(asdict(settings), default=str)),
+        "cases": [asdict(r) for r in summary.records],
+    }
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path

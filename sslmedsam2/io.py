@@ -1,0 +1,150 @@
+"""Volume reading with validation, and mask writing that copies geometry only.
+
+Every volume that enters the package goes through :func:`read_volume`, so a bad file is rejected
+once, with a message naming it. Every mask leaves through :func:`write_mask`, which builds a fresh
+image (no header fields copied from the input but the grid) and renames it into place atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from sslmedsam2.errors import InputError
+
+VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+def volume_suffix(path: Path | str) -> str | None:
+    """The supported volume suffix of ``path`` (``.nii.gz`` counts as one), or None."""
+    name = Path(path).name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+
+
+def volume_stem(path: Path | str) -> str:
+    """File name without its volume suffix: ``GED4.nii.gz`` -> ``GED4``."""
+    name = Path(path).name
+    suffix = volume_suffix(path)
+    return name[: -len(suffix)] if suffix else Path(path).stem
+
+
+def is_volume_file(path: Path) -> bool:
+    return path.is_file() and volume_suffix(path) is not None and not path.name.startswith(".")
+
+
+def read_volume(path: Path | str) -> sitk.Image:
+    """Read a 3D scalar volume, rejecting anything a segmenter cannot use.
+
+    Raises :class:`InputError` for unreadable files, 2D/4D/vector images, empty images,
+    non-finite voxels and constant images.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()
+        detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
+        raise InputError(path, f"cannot be read as an image ({detail.strip()[:160]})") from None
+    check_volume(image, path)
+    return image
+
+
+def check_volume(image: sitk.Image, path: Path | str) -> None:
+    """Validate an already-read image; see :func:`read_volume`."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path, f"vector image with {image.GetNumberOfComponentsPerPixel()} components; "
+            "expected one scalar value per voxel")
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim != 3:
+        raise InputError(path, f"{dim}D image of size {size}; expected a 3D volume")
+    if min(size) == 0:
+        raise InputError(path, f"image has no voxels (size {size})")
+    if size[2] == 1:
+        raise InputError(path, f"single-slice image of size {size}; expected a 3D volume")
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise InputError(path, f"{bad} voxels are NaN or infinite")
+    if array.min() == array.max():
+        raise InputError(path, f"image is constant (every voxel = {array.flat[0]})")
+
+
+def volume_array(image: sitk.Image) -> np.ndarray:
+    """Voxels as float32 in SimpleITK's (z, y, x) order."""
+    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-5) -> bool:
+    """True when two images share size, spacing, origin and direction."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def mask_image(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A uint8 0/1 image on the reference grid, carrying no other header field of the reference."""
+    expected = tuple(reversed(reference.GetSize()))
+    if mask.shape != expected:
+        raise ValueError(f"mask shape {mask.shape} does not match reference grid {expected} (z, y, x)")
+    out = sitk.GetImageFromArray((np.asarray(mask) > 0).astype(np.uint8))
+    out.SetSpacing(reference.GetSpacing())
+    out.SetOrigin(reference.GetOrigin())
+    out.SetDirection(reference.GetDirection())
+    return out
+
+
+def write_image_atomic(image: sitk.Image, path: Path | str, compress: bool = True) -> Path:
+    """Write to a hidden temporary name in the target folder, then rename into place.
+
+    A crash mid-write leaves only a dot-file with a ``.partial`` marker, never a file that looks
+    complete. ``.mhd`` headers are written beside their raw data, which is renamed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = volume_suffix(path) or path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{volume_stem(path)}.", suffix=f".partial{suffix}",
+                                    dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        if suffix == ".mhd":
+            _finalise_mhd(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".raw"), tmp.with_suffix(".zraw")):
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+def _finalise_mhd(tmp: Path, path: Path) -> None:
+    """Rename the data file next to its final header and point the header at it."""
+    header = tmp.read_text()
+    for data_suffix in (".zraw", ".raw"):
+        data = tmp.with_suffix(data_suffix)
+        if data.exists():
+            final_data = path.with_suffix(data_suffix)
+            os.replace(data, final_data)
+            header = header.replace(data.name, final_data.name)
+    tmp_header = tmp.with_name(tmp.name + ".hdr")
+    tmp_header.write_text(header)
+    os.replace(tmp_header, path)
+
+
+def write_mask(mask: np.ndarray, reference: sitk.Image, path: Path | str) -> Path:
+    """Write a 0/1 uint8 mask on ``reference``'s grid, atomically."""
+    return write_image_atomic(mask_image(mask, reference), path)

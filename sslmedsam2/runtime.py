@@ -1,0 +1,36 @@
+"""Device and thread choices, made once per process and passed down explicitly."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` -> CUDA when a GPU is visible, else CPU; an explicit ``cuda`` without GPU is an error."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use every CPU we are allowed (or ``threads``) for torch's intra-op pool."""
+    import torch
+
+    count = threads or available_cpus()
+    torch.set_num_threads(count)
+    return count

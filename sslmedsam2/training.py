@@ -1,0 +1,252 @@
+"""Supervised nnU-Net v2 training on labelled CARE cases, exported into the weights layout.
+
+Uses nnU-Net's own API end to end (fingerprint, plan, preprocess, nnUNetTrainer) inside a private
+work folder; only the epoch/iteration counts and, for the CPU profile, the network width are
+changed, through the trainer's attributes and the plans file (nnU-Net's configuration points).
+The exported folder uses the stock ``nnUNetTrainer`` name, so any nnU-Net install can load it.
+The semi-supervised loop (pseudo labels, rounds) builds on :func:`train_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from sslmedsam2.errors import InputError, SSLMedSAM2Error
+from sslmedsam2.io import read_volume, volume_stem, volume_suffix, write_image_atomic
+from sslmedsam2.runtime import available_cpus, configure_threads, resolve_device
+from sslmedsam2.sequences import GED4
+
+log = logging.getLogger(__name__)
+
+TRAINER = "nnUNetTrainer"
+
+
+@dataclass(frozen=True)
+class TrainingProfile:
+    """How much nnU-Net to train: the paper's full schedule or a CPU-sized one."""
+
+    name: str
+    configuration: str
+    folds: tuple[str, ...]
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    #: Divide nnU-Net's planned features per stage by this (1 = stock network).
+    width_divisor: int = 1
+    description: str = ""
+
+
+PROFILES: dict[str, TrainingProfile] = {
+    "cpu-quick": TrainingProfile(
+        name="cpu-quick", configuration="3d_fullres", folds=("all",), epochs=40,
+        iterations_per_epoch=12, val_iterations_per_epoch=2, width_divisor=4,
+        description="minutes on 2 CPU cores: 1 model on all cases, 480 iterations, 1/4 width"),
+    "tiny-test": TrainingProfile(
+        name="tiny-test", configuration="3d_fullres", folds=("all",), epochs=2,
+        iterations_per_epoch=3, val_iterations_per_epoch=1, width_divisor=8,
+        description="seconds: checks the mechanics only, not a usable model"),
+    "paper": TrainingProfile(
+        name="paper", configuration="3d_fullres", folds=("0", "1", "2", "3", "4"), epochs=1000,
+        iterations_per_epoch=250, val_iterations_per_epoch=50,
+        description="nnU-Net defaults: 5-fold 3d_fullres, 1000 x 250 iterations (GPU days)"),
+}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Where the labelled data is, where the model goes, and how hard to train."""
+
+    data_dir: Path
+    weights_dir: Path
+    work_dir: Path
+    profile: TrainingProfile = PROFILES["cpu-quick"]
+    sequence: str = GED4
+    dataset_id: int = 501
+    device: str = "auto"
+    num_processes: int = field(default_factory=available_cpus)
+
+
+@dataclass(frozen=True)
+class LabelledCase:
+    case: str
+    image: Path
+    mask: Path
+
+
+def find_labelled_cases(data_dir: Path, sequence: str = GED4) -> list[LabelledCase]:
+    """Cases under a CARE-layout folder that have both ``<SEQ>`` and ``mask_<SEQ>`` volumes."""
+    cases = []
+    for mask in sorted(Path(data_dir).rglob(f"mask_{sequence}.*")):
+        if volume_suffix(mask) is None or volume_stem(mask) != f"mask_{sequence}":
+            continue
+        image = next((p for p in mask.parent.iterdir()
+                      if volume_suffix(p) and volume_stem(p) == sequence), None)
+        if image is not None:
+            cases.append(LabelledCase(case=mask.parent.name, image=image, mask=mask))
+    return cases
+
+
+@contextlib.contextmanager
+def scoped_environ(**values: str) -> Iterator[None]:
+    """Set environment variables for a block only (nnU-Net reads its settings from there)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def nnunet_environment(work_dir: Path) -> Iterator[dict[str, Path]]:
+    """nnU-Net's three folders under ``work_dir``, and no torch.compile (slow and fragile on CPU)."""
+    paths = {name: Path(work_dir) / name
+             for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for path in paths.values():
+        path.mkdir(parents=True, exist_ok=True)
+    with scoped_environ(**{k: str(v) for k, v in paths.items()},
+                        nnUNet_compile=os.environ.get("nnUNet_compile", "f")):
+        yield paths
+
+
+def write_raw_dataset(cases: list[LabelledCase], raw_root: Path, dataset_name: str,
+                      sequence: str) -> Path:
+    """nnU-Net raw folder (imagesTr/labelsTr/dataset.json); masks are checked against their image."""
+    folder = raw_root / dataset_name
+    shutil.rmtree(folder, ignore_errors=True)
+    for case in cases:
+        image = read_volume(case.image)
+        mask = sitk.ReadImage(str(case.mask))
+        if mask.GetSize() != image.GetSize():
+            raise InputError(case.mask, f"mask size {mask.GetSize()} differs from image size "
+                             f"{image.GetSize()} ({case.image.name})")
+        mask = sitk.Cast(mask > 0, sitk.sitkUInt8)
+        mask.CopyInformation(image)  # tiny header differences must not fail nnU-Net's checks
+        write_image_atomic(image, folder / "imagesTr" / f"{case.case}_0000.nii.gz")
+        write_image_atomic(mask, folder / "labelsTr" / f"{case.case}.nii.gz")
+    dataset = {"channel_names": {"0": f"MRI_{sequence}"}, "labels": {"background": 0, "liver": 1},
+               "numTraining": len(cases), "file_ending": ".nii.gz",
+               "name": dataset_name, "description": f"sslmedsam2 {sequence} liver"}
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return folder
+
+
+def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes: int) -> dict:
+    """Fingerprint + plan + preprocess with nnU-Net; narrows the network for light profiles."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints, plan_experiments, preprocess)
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1
+    with _quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=str(max(1, num_processes))):
+        extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True,
+                             verbose=False, show_progress_bar=False)
+        plan_experiments([dataset_id])
+    plans_file = Path(nnUNet_preprocessed.require()) / convert_id_to_dataset_name(dataset_id) / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    if profile.width_divisor > 1:
+        arch = plans["configurations"][profile.configuration]["architecture"]["arch_kwargs"]
+        arch["features_per_stage"] = [max(4, f // profile.width_divisor) for f in arch["features_per_stage"]]
+        plans_file.write_text(json.dumps(plans, indent=2))
+    with _quiet_stdout():
+        preprocess([dataset_id], configurations=(profile.configuration,),
+                   num_processes=(num_processes,), verbose=False, show_progress_bar=False)
+    return plans
+
+
+def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProfile, device) -> Path:
+    """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    with _quiet_stdout():  # the trainer announces its device on stdout
+        # nnU-Net 2.8 passes the resume flag inside the plans dict
+        trainer = nnUNetTrainer(plans={**plans, "continue_training": False},
+                                configuration=profile.configuration,
+                                fold=fold if fold == "all" else int(fold), dataset_json=dataset_json,
+                                device=device)
+    trainer.num_epochs = profile.epochs
+    trainer.num_iterations_per_epoch = profile.iterations_per_epoch
+    trainer.num_val_iterations_per_epoch = profile.val_iterations_per_epoch
+    trainer.save_every = max(1, profile.epochs)
+    # augmentation in the main process: worker pools die under small shared memory and gain
+    # nothing on 2 cores
+    with _quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0")):
+        trainer.run_training()
+    return Path(trainer.output_folder_base)
+
+
+def export_model(model_folder: Path, weights_dir: Path, sequence: str, folds: tuple[str, ...],
+                 provenance: dict) -> Path:
+    """Copy plans, dataset.json and final checkpoints into ``<weights>/nnunet/<SEQ>/<model>/``."""
+    target = Path(weights_dir) / "nnunet" / sequence / model_folder.name
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        shutil.copy2(model_folder / name, staging / name)
+    for fold in folds:
+        (staging / f"fold_{fold}").mkdir()
+        shutil.copy2(model_folder / f"fold_{fold}" / "checkpoint_final.pth",
+                     staging / f"fold_{fold}" / "checkpoint_final.pth")
+    (staging / "sslmedsam2_training.json").write_text(json.dumps(provenance, indent=2, default=str))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def train_model(config: TrainingConfig) -> Path:
+    """Labelled cases -> trained nnU-Net -> exported model folder (returned)."""
+    cases = find_labelled_cases(config.data_dir, config.sequence)
+    if not cases:
+        raise SSLMedSAM2Error(f"{config.data_dir}: no labelled {config.sequence} cases "
+                              f"(expected <case>/{config.sequence}.nii.gz with mask_{config.sequence}.nii.gz)")
+    profile = config.profile
+    if len(cases) < 5 and any(f != "all" for f in profile.folds):
+        raise SSLMedSAM2Error(f"profile {profile.name} trains cross-validation folds, which need >= 5 "
+                              f"labelled cases; {config.data_dir} has {len(cases)}")
+    device = resolve_device(config.device)
+    configure_threads(None)
+    started = time.perf_counter()
+    dataset_name = f"Dataset{config.dataset_id:03d}_CARE{config.sequence}"
+    with nnunet_environment(config.work_dir) as paths:
+        write_raw_dataset(cases, paths["nnUNet_raw"], dataset_name, config.sequence)
+        log.info("training %s on %d labelled case(s), profile %s (%s), device %s", config.sequence,
+                 len(cases), profile.name, profile.description, device)
+        plans = plan_and_preprocess(config.dataset_id, profile, config.num_processes)
+        dataset_json = json.loads((paths["nnUNet_raw"] / dataset_name / "dataset.json").read_text())
+        model_folder = None
+        for fold in profile.folds:
+            fold_started = time.perf_counter()
+            model_folder = train_fold(plans, dataset_json, fold, profile, device)
+            log.info("fold %s trained in %.0f s", fold, time.perf_counter() - fold_started)
+    provenance = {"profile": asdict(profile), "cases": [c.case for c in cases],
+                  "data_dir": str(config.data_dir), "device": str(device),
+                  "seconds": round(time.perf_counter() - started, 1)}
+    target = export_model(model_folder, config.weights_dir, config.sequence, profile.folds, provenance)
+    log.info("exported %s in %.0f s total", target, time.perf_counter() - started)
+    return target
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """nnU-Net prints banners and per-epoch lines to stdout; keep them in its own log files."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
