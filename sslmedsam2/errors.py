@@ -28,3 +28,7 @@ class WeightsError(SSLMedSAM2Error):
 
 class EngineUnavailableError(SSLMedSAM2Error):
     """No configured engine can segment a given sequence."""
+
+
+class UsageError(SSLMedSAM2Error):
+    """An option value that cannot work (unknown engine, unavailable device)."""

@@ -7,8 +7,11 @@ image (no header fields copied from the input but the grid) and renames it into 
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +53,53 @@ def read_volume(path: Path | str) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
-        raise InputError(path, f"cannot be read as an image ({detail.strip()[:160]})") from None
+        raise InputError(path, f"cannot be read as an image ({_itk_reason(str(exc))})") from None
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
     check_volume(image, path)
     return image
+
+
+def _itk_reason(message: str) -> str:
+    """The informative part of an ITK exception (its last lines, without source locations)."""
+    if "Unable to determine ImageIO reader" in message:
+        return "not a recognised image format"
+    lines = [re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-f]+\): ", "", line.strip())
+             for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception thrown", "Reason:"))]
+    return (useful[-1] if useful else "unknown reason")[:200]
+
+
+def check_nifti_complete(path: Path) -> None:
+    """ITK zero-fills a truncated NIfTI silently; compare the data present with the header's claim."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
+            header.get_data_dtype().itemsize
+    except Exception as exc:  # nibabel raises many types for a bad header
+        raise InputError(path, f"invalid NIfTI header ({exc})") from None
+    shape = header.get_data_shape()
+    if len(shape) == 5 and shape[3] == 1 and shape[4] > 1:  # NIfTI's encoding of vector voxels
+        raise InputError(path, f"vector image with {shape[4]} components; "
+                         "expected one scalar value per voxel")
+    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
+        # ITK would present the extra dimension as vector components, which misleads the user
+        raise InputError(path, f"{len(shape)}D image of shape {shape}; expected a 3D volume")
+    if volume_suffix(path) == ".nii":
+        present = path.stat().st_size
+    else:
+        present = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    present += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            raise InputError(path, "truncated or corrupt gzip stream "
+                             f"({present} of {expected} bytes readable)") from None
+    if present < expected:
+        raise InputError(path, f"truncated: {present} of {expected} bytes present")
 
 
 def check_volume(image: sitk.Image, path: Path | str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from sslmedsam2.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def resolve_device(name: str = "auto"):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA GPU is visible; use --device cpu")
+        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
 
 

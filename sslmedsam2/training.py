@@ -48,9 +48,9 @@ class TrainingProfile:
 
 PROFILES: dict[str, TrainingProfile] = {
     "cpu-quick": TrainingProfile(
-        name="cpu-quick", configuration="3d_fullres", folds=("all",), epochs=40,
+        name="cpu-quick", configuration="3d_fullres", folds=("all",), epochs=25,
         iterations_per_epoch=12, val_iterations_per_epoch=2, width_divisor=4,
-        description="minutes on 2 CPU cores: 1 model on all cases, 480 iterations, 1/4 width"),
+        description="minutes on 2 CPU cores: 1 model on all cases, 300 iterations, 1/4 width"),
     "tiny-test": TrainingProfile(
         name="tiny-test", configuration="3d_fullres", folds=("all",), epochs=2,
         iterations_per_epoch=3, val_iterations_per_epoch=1, width_divisor=8,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sslmedsam2.engines.base import Engine, EngineFactory, RuntimeOptions, Segmentation
 from sslmedsam2.engines.nnunet import NnUNetEngine
+from sslmedsam2.errors import UsageError
 
 ENGINES: dict[str, EngineFactory] = {
     "nnunet": NnUNetEngine,
@@ -16,7 +17,7 @@ def build_engines(names: tuple[str, ...], weights_dir: Path, options: RuntimeOpt
     """Engines in order of preference; unknown names are a usage error."""
     unknown = [n for n in names if n not in ENGINES]
     if unknown:
-        raise ValueError(f"unknown engine(s) {', '.join(unknown)}; available: {', '.join(ENGINES)}")
+        raise UsageError(f"unknown engine(s) {', '.join(unknown)}; available: {', '.join(ENGINES)}")
     return [ENGINES[name](weights_dir, options) for name in names]
 
 

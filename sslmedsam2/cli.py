@@ -1,0 +1,266 @@
+"""``sslmedsam2 <command>``: the command line over the library. Heavy imports stay inside commands
+so ``--help`` answers instantly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sslmedsam2.errors import SSLMedSAM2Error
+
+log = logging.getLogger("sslmedsam2")
+
+CONTAINER_MODEL_DIR = Path("/opt/ml/model")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Our log lines at INFO on stderr; other libraries only at WARNING unless --verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def default_weights_dir() -> Path:
+    """``$SSLMEDSAM2_WEIGHTS``, else ``/opt/ml/model`` (Grand Challenge) if present, else ``./weights``."""
+    if os.environ.get("SSLMEDSAM2_WEIGHTS"):
+        return Path(os.environ["SSLMEDSAM2_WEIGHTS"])
+    if CONTAINER_MODEL_DIR.is_dir():
+        return CONTAINER_MODEL_DIR
+    return Path("weights")
+
+
+def _sequence_list(text: str) -> tuple[str, ...]:
+    from sslmedsam2.sequences import normalise_sequence
+
+    try:
+        return tuple(normalise_sequence(s) for s in text.split(",") if s.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fold_list(text: str) -> tuple[str, ...]:
+    return tuple(f.strip() for f in text.split(",") if f.strip())
+
+
+INFER_DESCRIPTION = (
+    "Segment the liver in every volume of --input and write uint8 0/1 masks with exactly the "
+    "input's size, spacing, origin and direction to --output. A bad case is logged, recorded in "
+    "sslmedsam2-summary.json and skipped; the exit code is 1 if any case failed, 2 if the input "
+    "could not be read as any layout.")
+
+
+def infer_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The container entrypoint's parser (process.py uses it as is)."""
+    parser = argparse.ArgumentParser(prog=prog, description=INFER_DESCRIPTION)
+    add_infer_arguments(parser)
+    return parser
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the container entrypoint (process.py) and of ``sslmedsam2 infer``."""
+    parser.set_defaults(func=run_infer)
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", type=Path, default=Path("/input"),
+                    help="CARE folder (<Vendor>/<case>/<SEQ>.nii.gz [+ info.csv]), Grand Challenge "
+                         "folder (inputs.json + images/<slug>/*.mha), a folder of volumes or one "
+                         "volume (.nii/.nii.gz/.mha/.mhd/.nrrd). Default: /input")
+    io.add_argument("--output", type=Path, default=Path("/output"),
+                    help="where masks and sslmedsam2-summary.json go. Default: /output")
+    io.add_argument("--weights", type=Path, default=None,
+                    help="weights folder (see weights/README.md). Default: $SSLMEDSAM2_WEIGHTS, "
+                         "else /opt/ml/model if present, else ./weights")
+    what = parser.add_argument_group("what to segment")
+    what.add_argument("--sequences", type=_sequence_list, default=None,
+                      help="CARE: comma-separated sequences to segment besides GED4 (each must have "
+                           "a model). Default: GED4 plus every sequence a model exists for")
+    what.add_argument("--sequence", type=_sequence_list, default=("GED4",), dest="default_sequence",
+                      help="sequence of Grand Challenge / plain inputs, which do not name it "
+                           "(selects the model). Default: GED4")
+    what.add_argument("--gc-input-slug", default=None,
+                      help="Grand Challenge image socket to read. Default: the only image socket")
+    what.add_argument("--gc-output-slug", default="liver-segmentation",
+                      help="Grand Challenge output socket. Default: liver-segmentation")
+    how = parser.add_argument_group("how to run the model")
+    how.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=("nnunet",),
+                     help="engines in order of preference. Default: nnunet")
+    how.add_argument("--device", default="auto", help="auto (GPU if visible), cpu or cuda[:N]")
+    how.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
+    how.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                     help="mirroring TTA (8x cost). Default: on with a GPU, off on CPU")
+    how.add_argument("--folds", type=_fold_list, default=None,
+                     help="folds to ensemble, e.g. 0,1,2,3,4 or all. Default: every fold on a GPU, "
+                          "one on CPU")
+    how.add_argument("--configuration", default=None,
+                     help="nnU-Net configuration (2d, 3d_fullres, ...). Default: 3d_fullres on a "
+                          "GPU, 2d on CPU when the weights hold one")
+    how.add_argument("--threads", type=int, default=None,
+                     help="CPU threads for torch. Default: every CPU this process may use")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def infer_settings(args: argparse.Namespace):
+    """Command-line options -> InferenceSettings (the only place options become settings)."""
+    from sslmedsam2.engines import RuntimeOptions
+    from sslmedsam2.inference import InferenceSettings
+    from sslmedsam2.layouts import GrandChallengeSlugs
+
+    tta = False if args.fast else args.tta
+    return InferenceSettings(
+        input_path=args.input, output_dir=args.output,
+        weights_dir=args.weights or default_weights_dir(), engines=args.engines,
+        runtime=RuntimeOptions(device=args.device, tta=tta, folds=args.folds,
+                               configuration=args.configuration, threads=args.threads),
+        sequences=args.sequences, default_sequence=args.default_sequence[0],
+        slugs=GrandChallengeSlugs(input_slug=args.gc_input_slug, output_slug=args.gc_output_slug))
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from sslmedsam2.inference import run_inference
+
+    setup_logging(args.verbose)
+    return run_inference(infer_settings(args)).exit_code
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from sslmedsam2.evaluation import evaluate_folders, failures, summary_table, write_csv
+
+    setup_logging(args.verbose)
+    results = evaluate_folders(args.pred, args.gt, progress=not args.quiet)
+    if args.out:
+        write_csv(results, args.out)
+        log.info("per-case results written to %s", args.out)
+    print(summary_table(results))
+    problems = failures(results, args.min_dice)
+    for problem in problems:
+        log.error("%s", problem)
+    return 1 if problems else 0
+
+
+def run_make_example(args: argparse.Namespace) -> int:
+    from sslmedsam2.example import ExampleConfig, make_example
+
+    setup_logging(args.verbose)
+    dataset = make_example(ExampleConfig(
+        out_dir=args.out, cases=args.cases, test_cases=args.test_cases,
+        labelled_per_vendor=args.labelled_per_vendor, seed=args.seed), progress=not args.quiet)
+    log.info("example dataset in %s: training cases in %s, test input in %s, ground truth in %s",
+             dataset.root, dataset.train_dir, dataset.test_input_dir, dataset.ground_truth_dir)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from sslmedsam2.training import PROFILES, TrainingConfig, train_model
+
+    setup_logging(args.verbose)
+    weights = args.weights or Path("weights")
+    target = train_model(TrainingConfig(
+        data_dir=args.data, weights_dir=weights, work_dir=args.work or weights.parent / "runs" / "nnunet",
+        profile=PROFILES[args.profile], sequence=args.sequence[0], device=args.device))
+    log.info("model ready: %s", target)
+    return 0
+
+
+def run_montage(args: argparse.Namespace) -> int:
+    from sslmedsam2.io import read_volume
+    from sslmedsam2.montage import save_overlay_montage
+
+    import SimpleITK as sitk
+
+    setup_logging(args.verbose)
+    masks = {}
+    for item in args.mask:
+        name, _, path = item.partition("=")
+        masks[name if path else Path(name).name] = sitk.ReadImage(path or name)
+    path = save_overlay_montage(read_volume(args.image), masks, args.out, n_slices=args.slices,
+                                title=args.title or args.image.name)
+    log.info("montage written to %s", path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslmedsam2",
+        description="SSL-MedSAM2 liver segmentation in MRI: inference container, training, "
+                    "evaluation with the CARE challenge metrics, example data.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    infer = commands.add_parser("infer", help="segment volumes (what the container's process.py runs)",
+                                description=INFER_DESCRIPTION)
+    add_infer_arguments(infer)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, Hausdorff (max) and HD95 in mm per case and sequence",
+        description="Pair predictions (<case>/<SEQ>_pred.nii.gz or <name>_pred.*) with ground truth "
+                    "(<case>/mask_<SEQ>.nii.gz or <name>.*) and score them with the challenge's "
+                    "metric definitions. Empty masks: both empty -> Dice 1, HD 0; one empty -> "
+                    "Dice 0, HD = image diagonal (mm).")
+    evaluate.add_argument("--pred", type=Path, required=True, help="prediction folder")
+    evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth folder")
+    evaluate.add_argument("--out", type=Path, default=None, help="write per-case results as CSV")
+    evaluate.add_argument("--min-dice", type=float, default=None,
+                          help="exit 1 when any case scores below this Dice")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("-v", "--verbose", action="store_true")
+    evaluate.set_defaults(func=run_evaluate)
+
+    example = commands.add_parser(
+        "make-example", help="synthetic CARE-like dataset grown from the bundled real MRI",
+        description="Write a multi-vendor CARE-layout dataset (GED4 + T1, a few labelled training "
+                    "cases, test input with info.csv, ground truth for every case).")
+    example.add_argument("--out", type=Path, required=True, help="output folder")
+    example.add_argument("--cases", type=int, default=9, help="training cases (default 9)")
+    example.add_argument("--test-cases", type=int, default=3, help="test cases (default 3)")
+    example.add_argument("--labelled-per-vendor", type=int, default=2,
+                         help="training cases per vendor with a GED4 mask (default 2)")
+    example.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    example.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    example.add_argument("-v", "--verbose", action="store_true")
+    example.set_defaults(func=run_make_example)
+
+    train = commands.add_parser(
+        "train", help="train nnU-Net on the labelled cases of a CARE-layout folder",
+        description="Supervised nnU-Net v2 training on every case with <SEQ> and mask_<SEQ>, "
+                    "exported to <weights>/nnunet/<SEQ>/. Profiles: cpu-quick (minutes on a CPU), "
+                    "tiny-test (seconds, mechanics only), paper (5-fold, nnU-Net defaults).")
+    train.add_argument("--data", type=Path, required=True, help="CARE-layout training folder")
+    train.add_argument("--weights", type=Path, default=None, help="weights folder (default ./weights)")
+    train.add_argument("--work", type=Path, default=None,
+                       help="nnU-Net work folder (raw/preprocessed/results). Default: runs/nnunet")
+    train.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default="cpu-quick")
+    train.add_argument("--sequence", type=_sequence_list, default=("GED4",))
+    train.add_argument("--device", default="auto")
+    train.add_argument("-v", "--verbose", action="store_true")
+    train.set_defaults(func=run_train)
+
+    montage = commands.add_parser("montage", help="PNG of axial slices with mask contours")
+    montage.add_argument("--image", type=Path, required=True)
+    montage.add_argument("--mask", action="append", default=[], metavar="NAME=PATH",
+                         help="a mask to draw (repeatable), e.g. prediction=pred.nii.gz")
+    montage.add_argument("--out", type=Path, required=True, help="PNG path")
+    montage.add_argument("--slices", type=int, default=6)
+    montage.add_argument("--title", default=None)
+    montage.add_argument("-v", "--verbose", action="store_true")
+    montage.set_defaults(func=run_montage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed command; user-facing errors become one log line and exit code 1."""
+    try:
+        return args.func(args)
+    except SSLMedSAM2Error as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
