@@ -19,12 +19,12 @@ echo "== 3/4 process.py on the test input -> $RUN/output"
 rm -rf "$RUN/output"
 $PY process.py --input "$RUN/data/test/input" --output "$RUN/output" --weights "$RUN/weights"
 echo "== 4/4 evaluation against the ground truth"
-$PY -m sslmedsam2 evaluate --pred "$RUN/output" --gt "$RUN/data/ground_truth" \
-    --out "$RUN/results.csv" --quiet
+$PY -m sslmedsam2 evaluate --pred "$RUN/output" --gt "$RUN/data/ground_truth/test" \
+    --sequences GED4 --out "$RUN/results.csv" --quiet
 case_dir=$(find "$RUN/data/test/input" -mindepth 2 -maxdepth 2 -type d | sort | head -n 1)
 case=$(basename "$case_dir")
 $PY -m sslmedsam2 montage --image "$case_dir/GED4.nii.gz" \
     --mask "prediction=$RUN/output/LiSeg_pred/$case/GED4_pred.nii.gz" \
-    --mask "ground truth=$(find "$RUN/data/ground_truth" -path "*/$case/mask_GED4.nii.gz")" \
+    --mask "ground truth=$(find "$RUN/data/ground_truth/test" -path "*/$case/mask_GED4.nii.gz")" \
     --out "$RUN/montage_$case.png" --title "$case GED4"
 echo "results: $RUN/results.csv, picture: $RUN/montage_$case.png, masks: $RUN/output/LiSeg_pred"

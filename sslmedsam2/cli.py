@@ -86,6 +86,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                       help="Grand Challenge image socket to read. Default: the only image socket")
     what.add_argument("--gc-output-slug", default="liver-segmentation",
                       help="Grand Challenge output socket. Default: liver-segmentation")
+    what.add_argument("--all-components", action="store_true",
+                      help="keep every connected component (default: only the largest, the liver)")
     how = parser.add_argument_group("how to run the model")
     how.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=("nnunet",),
                      help="engines in order of preference. Default: nnunet")
@@ -117,7 +119,8 @@ def infer_settings(args: argparse.Namespace):
         runtime=RuntimeOptions(device=args.device, tta=tta, folds=args.folds,
                                configuration=args.configuration, threads=args.threads),
         sequences=args.sequences, default_sequence=args.default_sequence[0],
-        slugs=GrandChallengeSlugs(input_slug=args.gc_input_slug, output_slug=args.gc_output_slug))
+        slugs=GrandChallengeSlugs(input_slug=args.gc_input_slug, output_slug=args.gc_output_slug),
+        largest_component=not args.all_components)
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -131,7 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from sslmedsam2.evaluation import evaluate_folders, failures, summary_table, write_csv
 
     setup_logging(args.verbose)
-    results = evaluate_folders(args.pred, args.gt, progress=not args.quiet)
+    results = evaluate_folders(args.pred, args.gt, progress=not args.quiet, sequences=args.sequences)
     if args.out:
         write_csv(results, args.out)
         log.info("per-case results written to %s", args.out)
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", type=Path, required=True, help="prediction folder")
     evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth folder")
     evaluate.add_argument("--out", type=Path, default=None, help="write per-case results as CSV")
+    evaluate.add_argument("--sequences", type=_sequence_list, default=None,
+                          help="score only these sequences, e.g. GED4 (default: all found)")
     evaluate.add_argument("--min-dice", type=float, default=None,
                           help="exit 1 when any case scores below this Dice")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -65,10 +65,19 @@ class CaseResult:
         return f"{self.case}/{self.sequence}" if self.sequence else self.case
 
 
-def evaluate_folders(pred_dir: Path, gt_dir: Path, progress: bool = True) -> list[CaseResult]:
-    """Pair predictions with ground truth (see the module docstring) and score every pair."""
+def evaluate_folders(pred_dir: Path, gt_dir: Path, progress: bool = True,
+                     sequences: Iterable[str] | None = None) -> list[CaseResult]:
+    """Pair predictions with ground truth (see the module docstring) and score every pair.
+
+    ``sequences`` restricts scoring to those sequences (plain-layout pairs have none and are kept),
+    e.g. GED4 only when the challenge requires GED4 and the other sequences are optional.
+    """
     preds = find_predictions(Path(pred_dir))
     gts = find_ground_truth(Path(gt_dir))
+    if sequences is not None:
+        wanted = set(sequences) | {""}
+        preds = {k: v for k, v in preds.items() if k[1] in wanted}
+        gts = {k: v for k, v in gts.items() if k[1] in wanted}
     if not gts:
         raise LayoutError(f"{gt_dir}: no ground-truth masks found (expected <case>/mask_<SEQ>.nii.gz "
                           "in subfolders, or <name>.nii.gz directly in the folder)")

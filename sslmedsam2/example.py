@@ -156,10 +156,14 @@ class ExampleDataset:
     train_dir: Path
     test_input_dir: Path
     info_csv: Path
-    ground_truth_dir: Path
+    ground_truth_dir: Path  # ground_truth/{train,test}/Vendor_X/<case>/mask_<SEQ>.nii.gz
     notice: Path
     manifest: Path
     cases: tuple[ExampleCase, ...] = field(default_factory=tuple)
+
+    @property
+    def test_ground_truth_dir(self) -> Path:
+        return self.ground_truth_dir / "test"
 
     def split(self, split: str) -> tuple[ExampleCase, ...]:
         return tuple(c for c in self.cases if c.split == split)
@@ -509,7 +513,8 @@ def _prepare_out_dir(root: Path) -> None:
 def _case_dirs(root: Path, plan: CasePlan) -> tuple[Path, Path]:
     vendor_dir = f"Vendor_{plan.vendor}"
     split_dir = root / "train" if plan.split == "train" else root / "test" / "input"
-    return split_dir / vendor_dir / plan.case_id, root / "ground_truth" / vendor_dir / plan.case_id
+    truth_dir = root / "ground_truth" / plan.split / vendor_dir / plan.case_id
+    return split_dir / vendor_dir / plan.case_id, truth_dir
 
 
 def write_case(root: Path, plan: CasePlan, sequences: Mapping[str, GeneratedSequence]) -> ExampleCase:

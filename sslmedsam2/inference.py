@@ -19,6 +19,7 @@ from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
 from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask
 from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
+from sslmedsam2.postprocess import largest_component
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.sequences import GED4
 
@@ -41,6 +42,8 @@ class InferenceSettings:
     #: Sequence assumed for Grand Challenge and plain inputs, which do not name one.
     default_sequence: str = GED4
     slugs: GrandChallengeSlugs = GrandChallengeSlugs()
+    #: Keep only the largest connected component of each mask.
+    largest_component: bool = True
 
 
 @dataclass
@@ -94,15 +97,17 @@ def run_inference(settings: InferenceSettings) -> RunSummary:
                                           output=None, engine=None, seconds=0.0, status="error",
                                           message=str(problem)))
     engines = build_engines(settings.engines, settings.weights_dir, settings.runtime)
-    for job in plan.jobs:
-        summary.records.append(_run_job(job, engines, settings))
+    for index, job in enumerate(plan.jobs, start=1):
+        record = _run_job(job, engines, settings, progress=f"[{index}/{len(plan.jobs)}]")
+        summary.records.append(record)
     write_summary(summary, settings)
     counts = summary.counts()
     log.info("done: %d ok, %d error(s), %d skipped", counts["ok"], counts["error"], counts["skipped"])
     return summary
 
 
-def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings) -> CaseRecord:
+def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings,
+             progress: str = "") -> CaseRecord:
     sequence = job.sequence or settings.default_sequence
     record = CaseRecord(case=job.case, sequence=sequence, input=str(job.input_path), output=None,
                         engine=None, seconds=0.0, status="ok")
@@ -113,7 +118,8 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings) -> Ca
     engine = next((e for e in engines if e.can_segment(sequence)), None)
     if engine is None and not _required(sequence, job, settings):
         record.status, record.message = "skipped", f"no model for {sequence}"
-        log.info("case %s %s: skipped (no engine serves %s)", job.case, sequence, sequence)
+        log.info("%s case %s %s: skipped (no engine serves %s)", progress, job.case, sequence,
+                 sequence)
         return record
     try:
         if engine is None:
@@ -122,7 +128,8 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings) -> Ca
                                          f"missing {needs}")
         image = read_volume(job.input_path)
         segmentation = engine.segment(image, sequence)
-        write_mask(segmentation.mask, image, job.output_path)
+        mask = largest_component(segmentation.mask) if settings.largest_component else segmentation.mask
+        write_mask(mask, image, job.output_path)
         record.output, record.engine = str(job.output_path), engine.name
         record.message = segmentation.detail
     except SSLMedSAM2Error as exc:
@@ -132,10 +139,10 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings) -> Ca
         record.message = f"{job.input_path}: segmentation failed ({type(exc).__name__}: {exc})"
     record.seconds = round(time.perf_counter() - started, 3)
     if record.status == "ok":
-        log.info("case %s %s: %s %.1f s [%s]", job.case, sequence, record.engine, record.seconds,
-                 record.message)
+        log.info("%s case %s %s: %s %.1f s [%s]", progress, job.case, sequence, record.engine,
+                 record.seconds, record.message)
     else:
-        log.error("%s", record.message.splitlines()[0] if record.message else "error")
+        log.error("%s %s", progress, record.message.splitlines()[0] if record.message else "error")
     return record
 
 

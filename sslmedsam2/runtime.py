@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 from sslmedsam2.errors import UsageError
 
@@ -36,3 +38,13 @@ def configure_threads(threads: int | None) -> int:
     count = threads or available_cpus()
     torch.set_num_threads(count)
     return count
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """nnU-Net prints banners and notices to stdout; keep stdout for results unless debugging."""
+    if logging.getLogger("sslmedsam2").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield

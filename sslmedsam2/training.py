@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, volume_stem, volume_suffix, write_image_atomic
-from sslmedsam2.runtime import available_cpus, configure_threads, resolve_device
+from sslmedsam2.runtime import available_cpus, configure_threads, quiet_stdout, resolve_device
 from sslmedsam2.sequences import GED4
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1
-    with _quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=str(max(1, num_processes))):
+    with quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=str(max(1, num_processes))):
         extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True,
                              verbose=False, show_progress_bar=False)
         plan_experiments([dataset_id])
@@ -163,7 +163,7 @@ def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes
         arch = plans["configurations"][profile.configuration]["architecture"]["arch_kwargs"]
         arch["features_per_stage"] = [max(4, f // profile.width_divisor) for f in arch["features_per_stage"]]
         plans_file.write_text(json.dumps(plans, indent=2))
-    with _quiet_stdout():
+    with quiet_stdout():
         preprocess([dataset_id], configurations=(profile.configuration,),
                    num_processes=(num_processes,), verbose=False, show_progress_bar=False)
     return plans
@@ -173,7 +173,7 @@ def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProf
     """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    with _quiet_stdout():  # the trainer announces its device on stdout
+    with quiet_stdout():  # the trainer announces its device on stdout
         # nnU-Net 2.8 passes the resume flag inside the plans dict
         trainer = nnUNetTrainer(plans={**plans, "continue_training": False},
                                 configuration=profile.configuration,
@@ -184,8 +184,9 @@ def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProf
     trainer.num_val_iterations_per_epoch = profile.val_iterations_per_epoch
     trainer.save_every = max(1, profile.epochs)
     # augmentation in the main process: worker pools die under small shared memory and gain
-    # nothing on 2 cores
-    with _quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0")):
+    # nothing on 2 cores. nnU-Net's per-epoch lines (losses, pseudo Dice, epoch time) stay on
+    # stdout: they are the progress report of a long training.
+    with scoped_environ(nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0")):
         trainer.run_training()
     return Path(trainer.output_folder_base)
 
@@ -240,13 +241,3 @@ def train_model(config: TrainingConfig) -> Path:
     target = export_model(model_folder, config.weights_dir, config.sequence, profile.folds, provenance)
     log.info("exported %s in %.0f s total", target, time.perf_counter() - started)
     return target
-
-
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """nnU-Net prints banners and per-epoch lines to stdout; keep them in its own log files."""
-    if log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        yield

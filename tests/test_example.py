@@ -45,9 +45,10 @@ def test_layout_and_file_names(dataset: ExampleDataset) -> None:
         expected.add(f"train/Vendor_{case.split('-')[1]}/{case}/mask_GED4.nii.gz")
     for case in TEST_IDS:
         expected |= {f"test/input/Vendor_{case.split('-')[1]}/{case}/{s}.nii.gz" for s in ("GED4", "T1")}
-    for case in TRAIN_IDS + TEST_IDS:
-        expected |= {f"ground_truth/Vendor_{case.split('-')[1]}/{case}/mask_{s}.nii.gz"
-                     for s in ("GED4", "T1")}
+    for split, ids in (("train", TRAIN_IDS), ("test", TEST_IDS)):
+        for case in ids:
+            expected |= {f"ground_truth/{split}/Vendor_{case.split('-')[1]}/{case}/mask_{s}.nii.gz"
+                         for s in ("GED4", "T1")}
     found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     assert found == expected  # also: no hidden temporary or marker file is left behind
 

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
-from sslmedsam2.runtime import resolve_device
+from sslmedsam2.runtime import quiet_stdout, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,13 @@ class NnUNetEngine:
         on_gpu = self._device.type == "cuda"
         choice = choose_model(models, self.options, on_gpu)
         started = time.perf_counter()
-        predictor = nnUNetPredictor(use_mirroring=choice.tta, perform_everything_on_device=on_gpu,
-                                    device=self._device, verbose=False, allow_tqdm=False)
         try:
-            predictor.initialize_from_trained_model_folder(
-                str(choice.model.path), use_folds=tuple(_fold_arg(f) for f in choice.folds),
-                checkpoint_name=CHECKPOINT)
+            with quiet_stdout():  # the predictor prints a notice whenever it is not on CUDA
+                predictor = nnUNetPredictor(use_mirroring=choice.tta, perform_everything_on_device=on_gpu,
+                                            device=self._device, verbose=False, allow_tqdm=False)
+                predictor.initialize_from_trained_model_folder(
+                    str(choice.model.path), use_folds=tuple(_fold_arg(f) for f in choice.folds),
+                    checkpoint_name=CHECKPOINT)
         except Exception as exc:  # torch/pickle/json errors all mean the same to the user
             raise WeightsError(
                 f"{choice.model.path}: cannot load nnU-Net model "
