@@ -50,12 +50,12 @@ def read_volume(path: Path | str) -> sitk.Image:
         raise InputError(path, "file not found")
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty (0 bytes)")
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(path, f"cannot be read as an image ({_itk_reason(str(exc))})") from None
-    if volume_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_complete(path)
     check_volume(image, path)
     return image
 
@@ -71,35 +71,44 @@ def _itk_reason(message: str) -> str:
 
 
 def check_nifti_complete(path: Path) -> None:
-    """ITK zero-fills a truncated NIfTI silently; compare the data present with the header's claim."""
+    """Catch what ITK's NIfTI reader hides: it zero-fills a truncated file and turns NaN into 0."""
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
-            header.get_data_dtype().itemsize
+        nifti = nib.load(str(path))
+        header = nifti.header
+        shape = header.get_data_shape()
+        expected = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
     except Exception as exc:  # nibabel raises many types for a bad header
-        raise InputError(path, f"invalid NIfTI header ({exc})") from None
-    shape = header.get_data_shape()
+        raise InputError(path, f"cannot be read as NIfTI ({str(exc)[:160]})") from None
+    if 0 in shape:
+        raise InputError(path, f"image has no voxels (shape {shape})")
     if len(shape) == 5 and shape[3] == 1 and shape[4] > 1:  # NIfTI's encoding of vector voxels
         raise InputError(path, f"vector image with {shape[4]} components; "
                          "expected one scalar value per voxel")
     if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
         # ITK would present the extra dimension as vector components, which misleads the user
         raise InputError(path, f"{len(shape)}D image of shape {shape}; expected a 3D volume")
-    if volume_suffix(path) == ".nii":
-        present = path.stat().st_size
-    else:
-        present = 0
-        try:
-            with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(1 << 22):
-                    present += len(chunk)
-        except (EOFError, OSError, zlib.error):
-            raise InputError(path, "truncated or corrupt gzip stream "
-                             f"({present} of {expected} bytes readable)") from None
+    present = _nifti_bytes_present(path)
     if present < expected:
         raise InputError(path, f"truncated: {present} of {expected} bytes present")
+    if np.issubdtype(header.get_data_dtype(), np.floating):
+        bad = int(np.size(nifti.dataobj) - np.isfinite(np.asanyarray(nifti.dataobj)).sum())
+        if bad:
+            raise InputError(path, f"{bad} voxels are NaN or infinite")
+
+
+def _nifti_bytes_present(path: Path) -> int:
+    if volume_suffix(path) == ".nii":
+        return path.stat().st_size
+    present = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                present += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        raise InputError(path, f"truncated or corrupt gzip stream ({present} bytes readable)") from None
+    return present
 
 
 def check_volume(image: sitk.Image, path: Path | str) -> None:

@@ -63,11 +63,12 @@ def test_rejects_non_volumes(tmp_path, array, vector, problem):
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_rejects_non_finite(tmp_path, value):
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii", ".mha"])
+def test_rejects_non_finite(tmp_path, value, suffix):
     array = np.random.rand(4, 8, 8).astype(np.float32)
     array[1, 2, 3] = value
-    with pytest.raises(InputError, match="NaN or infinite"):
-        read_volume(_write(array, tmp_path / "nan.nrrd"))
+    with pytest.raises(InputError, match="1 voxels are NaN or infinite"):
+        read_volume(_write(array, tmp_path / f"nan{suffix}"))
 
 
 def test_rejects_zero_size(tmp_path):
