@@ -126,6 +126,8 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings,
             needs = "; or ".join(e.missing(sequence) for e in engines)
             raise EngineUnavailableError(f"{job.input_path}: no engine can segment {sequence}: "
                                          f"missing {needs}")
+        engine.load(sequence)  # once per sequence; logged apart, not part of the case's time
+        started = time.perf_counter()
         image = read_volume(job.input_path)
         segmentation = engine.segment(image, sequence)
         mask = largest_component(segmentation.mask) if settings.largest_component else segmentation.mask

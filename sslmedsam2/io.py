@@ -89,13 +89,25 @@ def check_nifti_complete(path: Path) -> None:
     if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
         # ITK would present the extra dimension as vector components, which misleads the user
         raise InputError(path, f"{len(shape)}D image of shape {shape}; expected a 3D volume")
-    present = _nifti_bytes_present(path)
+    if _gzip_trailer_size(path) == expected % 2**32:
+        present = expected  # a complete gzip stream states its length: no need to inflate it
+    else:
+        present = _nifti_bytes_present(path)
     if present < expected:
         raise InputError(path, f"truncated: {present} of {expected} bytes present")
     if np.issubdtype(header.get_data_dtype(), np.floating):
         bad = int(np.size(nifti.dataobj) - np.isfinite(np.asanyarray(nifti.dataobj)).sum())
         if bad:
             raise InputError(path, f"{bad} voxels are NaN or infinite")
+
+
+def _gzip_trailer_size(path: Path) -> int | None:
+    """The uncompressed size (mod 2**32) a gzip file records in its last four bytes."""
+    if volume_suffix(path) != ".nii.gz" or path.stat().st_size < 18:
+        return None
+    with path.open("rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
 
 
 def _nifti_bytes_present(path: Path) -> int:

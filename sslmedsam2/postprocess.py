@@ -9,9 +9,13 @@ from scipy import ndimage
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 26-connected foreground component: the liver is one organ, and stray
     islands far from it are what inflates the Hausdorff distance."""
-    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return (labels > 0).astype(np.uint8)
+    foreground = np.asarray(mask) > 0
+    kept = np.zeros(foreground.shape, np.uint8)
+    if not foreground.any():
+        return kept
+    box = ndimage.find_objects(foreground.astype(np.uint8))[0]  # label only where the mask is
+    labels, count = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return (labels == int(sizes.argmax())).astype(np.uint8)
+    kept[box] = labels == int(sizes.argmax())
+    return kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -243,3 +244,14 @@ def test_container_contract(tmp_path, trained_weights, care_input):
     for case, image in images.items():
         assert_on_grid(out / "LiSeg_pred" / case / "GED4_pred.nii.gz", image)
     assert not list(root.rglob("*_pred*"))
+
+
+@pytest.mark.parametrize("min_dice, expected_rc", [("0", 0), ("1.01", 1)])
+def test_container_test_script_without_docker(tmp_path, trained_weights, min_dice, expected_rc):
+    """test.sh --no-docker runs process.py on tests/container and fails on a mismatch."""
+    result = subprocess.run(
+        ["bash", str(REPO / "test.sh"), "--no-docker"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SSLMEDSAM2_WEIGHTS": str(trained_weights),
+             "MIN_DICE": min_dice, "TMPDIR": str(tmp_path)})
+    assert result.returncode == expected_rc, result.stdout + result.stderr
+    assert "all 3 expected masks were written" in result.stdout

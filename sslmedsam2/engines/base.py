@@ -44,6 +44,9 @@ class Engine(Protocol):
     def missing(self, sequence: str) -> str:
         """What would have to exist for ``sequence`` to be served, and where."""
 
+    def load(self, sequence: str) -> None:
+        """Load what ``sequence`` needs (weights, supports) if not loaded yet; raises if broken."""
+
     def segment(self, image: sitk.Image, sequence: str) -> Segmentation:
         """Segment a validated 3D volume; the mask has the image's array shape."""
 

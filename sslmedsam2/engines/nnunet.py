@@ -124,9 +124,8 @@ class NnUNetEngine:
                 f"<Trainer>__<Plans>__<configuration>/fold_<k>/{CHECKPOINT} "
                 "(with dataset.json and plans.json beside the fold folders)")
 
-    def choice(self, sequence: str) -> ModelChoice:
-        """The model/folds/TTA used for ``sequence`` (loads the model on first call)."""
-        return self._predictor(sequence)[1]
+    def load(self, sequence: str) -> None:
+        self._predictor(sequence)
 
     def segment(self, image: sitk.Image, sequence: str) -> Segmentation:
         predictor, choice = self._predictor(sequence)
