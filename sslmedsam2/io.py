@@ -138,7 +138,7 @@ def check_volume(image: sitk.Image, path: Path | str) -> None:
     if size[2] == 1:
         raise InputError(path, f"single-slice image of size {size}; expected a 3D volume")
     array = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(array).all():
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.isfinite(array).sum())
         raise InputError(path, f"{bad} voxels are NaN or infinite")
     if array.min() == array.max():
