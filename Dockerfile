@@ -73,7 +73,6 @@ LABEL org.opencontainers.image.title="sslmedsam2" \
 ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    SSLMEDSAM2_IN_CONTAINER=1 \
     nnUNet_compile=f \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib \

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from sslmedsam2.errors import SSLMedSAM2Error
+from sslmedsam2.errors import SSLMedSAM2Error, UsageError
 
 log = logging.getLogger("sslmedsam2")
 
@@ -89,8 +89,10 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--all-components", action="store_true",
                       help="keep every connected component (default: only the largest, the liver)")
     how = parser.add_argument_group("how to run the model")
-    how.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=("nnunet",),
-                     help="engines in order of preference. Default: nnunet")
+    how.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=("nnunet", "atlas"),
+                     help="engines tried in this order for each sequence: nnunet (trained models), "
+                          "atlas (registration of the supports in <weights>/supports). "
+                          "Default: nnunet,atlas")
     how.add_argument("--device", default="auto", help="auto (GPU if visible), cpu or cuda[:N]")
     how.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
     how.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -163,10 +165,41 @@ def run_train(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     weights = args.weights or Path("weights")
     target = train_model(TrainingConfig(
-        data_dir=args.data, weights_dir=weights, work_dir=args.work or weights.parent / "runs" / "nnunet",
+        data_dir=args.data, weights_dir=weights, work_dir=args.work or Path("runs/nnunet"),
         profile=PROFILES[args.profile], sequence=args.sequence[0], device=args.device))
     log.info("model ready: %s", target)
     return 0
+
+
+def run_pseudo_label(args: argparse.Namespace) -> int:
+    from sslmedsam2.atlas import AtlasConfig
+    from sslmedsam2.engines.atlas import AtlasEngine
+    from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label
+    from sslmedsam2.supports import find_supports
+
+    setup_logging(args.verbose)
+    try:
+        shard = Shard.parse(args.shard)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    supports = find_supports(args.supports)
+    if not supports:
+        raise UsageError(f"{args.supports}: no support cases (expected <case>/GED4.nii.gz with "
+                         "mask_GED4.nii.gz, or a CARE training root)")
+    queries = find_queries(args.unlabelled, args.sequence[0])
+    if not queries:
+        raise UsageError(f"{args.unlabelled}: no {args.sequence[0]} volumes "
+                         f"(expected <case>/{args.sequence[0]}.nii.gz or Vendor_X/<case>/...)")
+    engine = AtlasEngine(supports, AtlasConfig(deformable=args.deformable),
+                         max_supports=args.max_supports, origin=str(args.supports))
+    log.info("%d support(s), %d quer%s (shard %d/%d: %d)", len(supports), len(queries),
+             "y" if len(queries) == 1 else "ies", shard.index, shard.count,
+             len(shard.select(queries)))
+    records = pseudo_label(engine, queries, args.out, args.sequence[0], shard, progress=not args.quiet)
+    failed = [r for r in records if r["status"] == "error"]
+    log.info("done: %d labelled, %d already done, %d failed", sum(r["status"] == "ok" for r in records),
+             sum(r["status"] == "skipped" for r in records), len(failed))
+    return 1 if failed else 0
 
 
 def run_montage(args: argparse.Namespace) -> int:
@@ -242,6 +275,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto")
     train.add_argument("-v", "--verbose", action="store_true")
     train.set_defaults(func=run_train)
+
+    pseudo = commands.add_parser(
+        "pseudo-label", help="few-shot pseudo labels for unlabelled volumes (resumable, shardable)",
+        description="Label every <SEQ> volume under --unlabelled from the labelled GED4 supports. "
+                    "Writes <out>/<case>/<SEQ>.nii.gz (mask on the query grid) and "
+                    "<SEQ>_uncertainty.nii.gz, skips cases already done, and logs a JSON line per "
+                    "case. Method atlas: SimpleITK registration (mutual information, any sequence) "
+                    "of each support to the query and a majority vote.")
+    pseudo.add_argument("--method", choices=["atlas"], default="atlas")
+    pseudo.add_argument("--supports", type=Path, required=True,
+                        help="<case>/GED4.nii.gz + mask_GED4.nii.gz folders, or a CARE training root")
+    pseudo.add_argument("--unlabelled", type=Path, required=True,
+                        help="CARE root (Vendor_X/<case>/<SEQ>.nii.gz) or a folder of case folders")
+    pseudo.add_argument("--out", type=Path, required=True)
+    pseudo.add_argument("--sequence", type=_sequence_list, default=("GED4",),
+                        help="query sequence (supports are always GED4). Default: GED4")
+    pseudo.add_argument("--shard", default="0/1", help="i/n: this machine's share of the cases")
+    pseudo.add_argument("--max-supports", type=int, default=5,
+                        help="supports registered per query, same vendor first (default 5)")
+    pseudo.add_argument("--deformable", action="store_true",
+                        help="add a B-spline stage after the affine one (slower)")
+    pseudo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pseudo.add_argument("-v", "--verbose", action="store_true")
+    pseudo.set_defaults(func=run_pseudo_label)
 
     montage = commands.add_parser("montage", help="PNG of axial slices with mask contours")
     montage.add_argument("--image", type=Path, required=True)

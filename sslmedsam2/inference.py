@@ -35,7 +35,8 @@ class InferenceSettings:
     input_path: Path
     output_dir: Path
     weights_dir: Path
-    engines: tuple[str, ...] = ("nnunet",)
+    #: Tried in order per sequence: the first engine that can serve it segments it.
+    engines: tuple[str, ...] = ("nnunet", "atlas")
     runtime: RuntimeOptions = RuntimeOptions()
     #: CARE sequences to segment besides GED4; None = every sequence an engine can serve.
     sequences: tuple[str, ...] | None = None
@@ -129,7 +130,7 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings,
         engine.load(sequence)  # once per sequence; logged apart, not part of the case's time
         started = time.perf_counter()
         image = read_volume(job.input_path)
-        segmentation = engine.segment(image, sequence)
+        segmentation = engine.segment(image, sequence, vendor=job.vendor)
         mask = largest_component(segmentation.mask) if settings.largest_component else segmentation.mask
         write_mask(mask, image, job.output_path)
         record.output, record.engine = str(job.output_path), engine.name

@@ -160,16 +160,21 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-5) -> bool:
     )
 
 
-def mask_image(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """A uint8 0/1 image on the reference grid, carrying no other header field of the reference."""
+def image_on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image of ``array`` on the reference grid, carrying no other header field of the reference."""
     expected = tuple(reversed(reference.GetSize()))
-    if mask.shape != expected:
-        raise ValueError(f"mask shape {mask.shape} does not match reference grid {expected} (z, y, x)")
-    out = sitk.GetImageFromArray((np.asarray(mask) > 0).astype(np.uint8))
+    if array.shape != expected:
+        raise ValueError(f"array shape {array.shape} does not match reference grid {expected} (z, y, x)")
+    out = sitk.GetImageFromArray(array)
     out.SetSpacing(reference.GetSpacing())
     out.SetOrigin(reference.GetOrigin())
     out.SetDirection(reference.GetDirection())
     return out
+
+
+def mask_image(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A uint8 0/1 image on the reference grid."""
+    return image_on_grid((np.asarray(mask) > 0).astype(np.uint8), reference)
 
 
 def write_image_atomic(image: sitk.Image, path: Path | str, compress: bool = True) -> Path:
@@ -214,3 +219,8 @@ def _finalise_mhd(tmp: Path, path: Path) -> None:
 def write_mask(mask: np.ndarray, reference: sitk.Image, path: Path | str) -> Path:
     """Write a 0/1 uint8 mask on ``reference``'s grid, atomically."""
     return write_image_atomic(mask_image(mask, reference), path)
+
+
+def write_map(values: np.ndarray, reference: sitk.Image, path: Path | str) -> Path:
+    """Write a float32 map (probability, uncertainty) on ``reference``'s grid, atomically."""
+    return write_image_atomic(image_on_grid(np.asarray(values, np.float32), reference), path)

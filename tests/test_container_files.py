@@ -87,7 +87,7 @@ def test_dockerfile_runs_process_py_as_non_root_user():
 
 def test_dockerfile_sets_the_runtime_environment():
     env_text = " ".join(args for keyword, args in final_stage() if keyword == "ENV")
-    for setting in ("nnUNet_compile=f", "PYTHONUNBUFFERED=1", "SSLMEDSAM2_IN_CONTAINER=1",
+    for setting in ("nnUNet_compile=f", "PYTHONUNBUFFERED=1",
                     "MPLBACKEND=Agg", "HF_HUB_OFFLINE=1"):
         assert setting in env_text, f"{setting} missing from the runtime ENV"
 

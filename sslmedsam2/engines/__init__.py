@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.engines.base import Engine, EngineFactory, RuntimeOptions, Segmentation
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import UsageError
 
 ENGINES: dict[str, EngineFactory] = {
     "nnunet": NnUNetEngine,
+    "atlas": AtlasEngine.from_weights,
 }
 
 

@@ -27,10 +27,15 @@ class RuntimeOptions:
 
 @dataclass
 class Segmentation:
-    """A binary mask on the input's (z, y, x) grid and a short description of how it was made."""
+    """A binary mask on the input's (z, y, x) grid and a short description of how it was made.
+
+    Few-shot engines also return a per-voxel uncertainty (binary entropy, 0..1), which pseudo
+    labelling saves beside the mask.
+    """
 
     mask: np.ndarray
     detail: str
+    uncertainty: np.ndarray | None = None
 
 
 class Engine(Protocol):
@@ -47,8 +52,9 @@ class Engine(Protocol):
     def load(self, sequence: str) -> None:
         """Load what ``sequence`` needs (weights, supports) if not loaded yet; raises if broken."""
 
-    def segment(self, image: sitk.Image, sequence: str) -> Segmentation:
-        """Segment a validated 3D volume; the mask has the image's array shape."""
+    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
+        """Segment a validated 3D volume; the mask has the image's array shape. ``vendor`` lets
+        few-shot engines prefer supports from the same scanner."""
 
 
 class EngineFactory(Protocol):

@@ -127,7 +127,7 @@ class NnUNetEngine:
     def load(self, sequence: str) -> None:
         self._predictor(sequence)
 
-    def segment(self, image: sitk.Image, sequence: str) -> Segmentation:
+    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         predictor, choice = self._predictor(sequence)
         spacing_zyx = list(image.GetSpacing())[::-1]
         seg = predictor.predict_single_npy_array(volume_array(image)[None], {"spacing": spacing_zyx})

@@ -1,0 +1,71 @@
+"""Atlas engine: registration-based few-shot segmentation from labelled support cases.
+
+Needs no network weights, only supports (``<weights>/supports/<case>/GED4.nii.gz`` +
+``mask_GED4.nii.gz``), so it is the last fallback of the container and a baseline for the SAM2
+pseudo-labeller. Any query sequence is handled: registration uses mutual information.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from sslmedsam2.atlas import AtlasConfig, propagate
+from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.errors import InputError, WeightsError
+from sslmedsam2.io import read_volume
+from sslmedsam2.supports import Support, find_supports, same_vendor_first
+
+
+SUPPORTS_DIR = "supports"
+
+
+class AtlasEngine:
+    """Registers up to ``max_supports`` supports (same vendor first) to each query and votes."""
+
+    name = "atlas"
+
+    def __init__(self, supports: list[Support], config: AtlasConfig = AtlasConfig(),
+                 max_supports: int = 5, origin: str = "") -> None:
+        self.supports = supports
+        self.config = config
+        self.max_supports = max_supports
+        self.origin = origin
+        self._volumes: dict[str, tuple[sitk.Image, sitk.Image]] = {}
+
+    @classmethod
+    def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "AtlasEngine":
+        folder = Path(weights_dir) / SUPPORTS_DIR
+        return cls(find_supports(folder), origin=str(folder))
+
+    def can_segment(self, sequence: str) -> bool:
+        return bool(self.supports)
+
+    def missing(self, sequence: str) -> str:
+        return (f"support cases for the atlas engine at {self.origin or SUPPORTS_DIR}/<case>/"
+                "GED4.nii.gz with mask_GED4.nii.gz")
+
+    def load(self, sequence: str) -> None:
+        for support in self.supports:
+            if support.case not in self._volumes:
+                self._volumes[support.case] = _read_support(support)
+
+    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
+        self.load(sequence)
+        chosen = same_vendor_first(self.supports, vendor)[: self.max_supports]
+        fused = propagate(image, [self._volumes[s.case] for s in chosen], self.config)
+        return Segmentation(mask=fused.mask, uncertainty=fused.uncertainty,
+                            detail=f"atlas supports={','.join(s.case for s in chosen)}")
+
+
+def _read_support(support: Support) -> tuple[sitk.Image, sitk.Image]:
+    image = read_volume(support.image)
+    mask = sitk.ReadImage(str(support.mask))
+    if mask.GetSize() != image.GetSize():
+        raise WeightsError(f"{support.mask}: support mask size {mask.GetSize()} differs from its "
+                           f"image {support.image.name} {image.GetSize()}")
+    mask.CopyInformation(image)
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise InputError(support.mask, "support mask is empty")
+    return image, mask

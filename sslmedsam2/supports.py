@@ -1,0 +1,53 @@
+"""Labelled support cases for the few-shot engines (SAM2 memory, atlas registration).
+
+A support is a GED4 image with its liver mask, named as in CARE's training data. Two folder shapes
+are accepted: one folder per case (``<dir>/<case>/GED4.nii.gz`` + ``mask_GED4.nii.gz``, what
+``weights/supports/`` holds), or a CARE training root (``<dir>/Vendor_X/<case>/...``). Only cases
+with a mask count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslmedsam2.io import volume_stem, volume_suffix
+from sslmedsam2.sequences import GED4
+
+
+@dataclass(frozen=True)
+class Support:
+    case: str
+    image: Path
+    mask: Path
+    vendor: str | None = None
+
+
+def find_supports(root: Path, sequence: str = GED4) -> list[Support]:
+    """Every case under ``root`` (one or two levels down) with ``<SEQ>`` and ``mask_<SEQ>``."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    supports = []
+    for mask in sorted(root.glob(f"*/mask_{sequence}.*")) + sorted(root.glob(f"*/*/mask_{sequence}.*")):
+        if volume_suffix(mask) is None or volume_stem(mask) != f"mask_{sequence}":
+            continue
+        image = next((p for p in sorted(mask.parent.iterdir())
+                      if volume_suffix(p) and volume_stem(p) == sequence), None)
+        if image is None:
+            continue
+        vendor = mask.parent.parent.name if mask.parent.parent != root else None
+        supports.append(Support(case=mask.parent.name, image=image, mask=mask,
+                                vendor=_vendor_name(vendor)))
+    return supports
+
+
+def _vendor_name(folder: str | None) -> str | None:
+    return folder.removeprefix("Vendor_") if folder else None
+
+
+def same_vendor_first(supports: list[Support], vendor: str | None) -> list[Support]:
+    """Supports of the query's vendor when there are any (the paper's choice), else all of them."""
+    vendor = _vendor_name(vendor)
+    matching = [s for s in supports if vendor is not None and s.vendor == vendor]
+    return matching or supports

@@ -1,0 +1,130 @@
+"""Atlas few-shot engine: finds the liver on generated cases, any grid, resumable pseudo labels,
+and serves as process.py's fallback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from sslmedsam2.atlas import binary_entropy, propagate
+from sslmedsam2.engines.atlas import AtlasEngine
+from sslmedsam2.metrics import compute_metrics
+from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label
+from sslmedsam2.supports import find_supports, same_vendor_first
+
+from conftest import reoriented, run_process
+from test_process import assert_on_grid, summary
+
+
+def _read(path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(path))
+
+
+@pytest.fixture(scope="module")
+def supports(example_dataset):
+    return find_supports(example_dataset.train_dir)
+
+
+def test_finds_supports_in_both_folder_shapes(tmp_path, example_dataset, supports):
+    assert [s.case for s in supports] == ["0001-A", "0002-B1", "0003-B2"]
+    assert [s.vendor for s in supports] == ["A", "B1", "B2"]
+    flat = tmp_path / "supports"
+    for support in supports:
+        shutil.copytree(support.image.parent, flat / support.case)
+    assert [s.case for s in find_supports(flat)] == [s.case for s in supports]
+    assert [s.case for s in same_vendor_first(supports, "Vendor_B1")] == ["0002-B1"]
+    assert same_vendor_first(supports, "C") == supports
+
+
+@pytest.mark.parametrize("sequence, dice_floor", [("GED4", 0.78), ("T1", 0.78)])
+def test_atlas_finds_the_liver(example_dataset, supports, sequence, dice_floor):
+    pairs = [(_read(s.image), _read(s.mask)) for s in supports]
+    for case in example_dataset.split("test"):
+        query = _read(case.images[sequence])
+        fused = propagate(query, pairs)
+        truth = sitk.GetArrayFromImage(_read(case.ground_truth[sequence]))
+        dice = compute_metrics(fused.mask, truth, query.GetSpacing()[::-1]).dice
+        assert dice >= dice_floor, f"{case.case_id} {sequence}: Dice {dice:.3f}"
+        assert fused.mask.shape == truth.shape
+        assert 0.0 <= fused.uncertainty.min() and fused.uncertainty.max() <= 1.0
+
+
+def test_atlas_output_on_awkward_query_grids(tmp_path, supports, real_mr):
+    engine = AtlasEngine(supports[:1])
+    for kind in ("flipped", "anisotropic", "oblique"):
+        query = reoriented(real_mr, kind)
+        segmentation = engine.segment(query, "GED4")
+        assert segmentation.mask.shape == query.GetSize()[::-1]
+        assert segmentation.mask.any()
+
+
+def test_binary_entropy():
+    values = binary_entropy(np.array([0.0, 0.5, 1.0, 0.25], np.float32))
+    np.testing.assert_allclose(values, [0.0, 1.0, 0.0, 0.811278], atol=1e-5)
+
+
+def test_pseudo_labels_resume_and_shard(tmp_path, example_dataset, supports):
+    queries = find_queries(example_dataset.test_input_dir, "T1")
+    assert [q.case for q in queries] == [c.case_id for c in example_dataset.split("test")]
+    engine = AtlasEngine(supports, max_supports=1)
+    out = tmp_path / "pseudo"
+    first = pseudo_label(engine, queries, out, "T1", Shard(0, 2), progress=False)
+    second = pseudo_label(engine, queries, out, "T1", Shard(1, 2), progress=False)
+    assert [r["case"] for r in first + second] == sorted(q.case for q in queries)
+    again = pseudo_label(engine, queries, out, "T1", Shard(0, 1), progress=False)
+    assert {r["status"] for r in again} == {"skipped"}
+    for query in queries:
+        image = _read(query.image)
+        assert_on_grid(out / query.case / "T1.nii.gz", image)
+        uncertainty = _read(out / query.case / "T1_uncertainty.nii.gz")
+        assert uncertainty.GetSize() == image.GetSize()
+    journal = [json.loads(line) for path in sorted(out.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    assert sorted(r["case"] for r in journal) == sorted(q.case for q in queries)
+    assert all(r["engine"] == "atlas" and r["seconds"] > 0 for r in journal)
+    with pytest.raises(ValueError):
+        Shard.parse("2/2")
+
+
+def test_cli_pseudo_label(tmp_path, example_dataset):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "sslmedsam2", "pseudo-label", "--supports",
+               str(example_dataset.train_dir), "--unlabelled", str(example_dataset.test_input_dir),
+               "--out", str(tmp_path / "out"), "--max-supports", "1", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("*/GED4.nii.gz"))) == len(example_dataset.split("test"))
+    missing = subprocess.run(command[:5] + [str(tmp_path / "none")] + command[6:],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 1 and "no support cases" in missing.stderr
+
+
+def test_process_falls_back_to_atlas(tmp_path, trained_weights, example_dataset, supports):
+    """GED4 from nnU-Net, T1 (no nnU-Net model) from the supports bundled in the weights."""
+    weights = tmp_path / "weights"
+    shutil.copytree(trained_weights, weights)
+    for support in supports:
+        target = weights / "supports" / support.case
+        target.mkdir(parents=True)
+        shutil.copy(support.image, target / "GED4.nii.gz")
+        shutil.copy(support.mask, target / "mask_GED4.nii.gz")
+    out = tmp_path / "output"
+    result = run_process("--input", example_dataset.test_input_dir, "--output", out, "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    engines = {(c["case"], c["sequence"]): c["engine"] for c in summary(out)["cases"]}
+    for case in example_dataset.split("test"):
+        assert engines[case.case_id, "GED4"] == "nnunet"
+        assert engines[case.case_id, "T1"] == "atlas"
+        assert_on_grid(out / "LiSeg_pred" / case.case_id / "T1_pred.nii.gz", _read(case.images["T1"]))
+    assert "T1: atlas" in result.stderr
+    shutil.rmtree(weights / "nnunet")
+    only_atlas = run_process("--input", example_dataset.test_input_dir, "--output", tmp_path / "o2",
+                             "--weights", weights, "--sequences", "T1")
+    assert only_atlas.returncode == 0, only_atlas.stderr
+    assert {c["engine"] for c in summary(tmp_path / "o2")["cases"]} == {"atlas"}
