@@ -20,7 +20,10 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
 fi
 
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# This machine kind's pip config lists local indexes that print a warning per missing package.
+pip() {
+    "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
 
 echo "installing into $VENV (torch, sam2, nnU-Net: a few minutes the first time)"
 pip install -q --upgrade pip setuptools wheel
