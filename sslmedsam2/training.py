@@ -22,9 +22,10 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
-from sslmedsam2.io import read_volume, volume_stem, volume_suffix, write_image_atomic
+from sslmedsam2.io import read_volume, write_image_atomic
 from sslmedsam2.runtime import available_cpus, configure_threads, quiet_stdout, resolve_device
 from sslmedsam2.sequences import GED4
+from sslmedsam2.supports import Support, find_supports
 
 log = logging.getLogger(__name__)
 
@@ -76,26 +77,6 @@ class TrainingConfig:
     num_processes: int = field(default_factory=available_cpus)
 
 
-@dataclass(frozen=True)
-class LabelledCase:
-    case: str
-    image: Path
-    mask: Path
-
-
-def find_labelled_cases(data_dir: Path, sequence: str = GED4) -> list[LabelledCase]:
-    """Cases under a CARE-layout folder that have both ``<SEQ>`` and ``mask_<SEQ>`` volumes."""
-    cases = []
-    for mask in sorted(Path(data_dir).rglob(f"mask_{sequence}.*")):
-        if volume_suffix(mask) is None or volume_stem(mask) != f"mask_{sequence}":
-            continue
-        image = next((p for p in mask.parent.iterdir()
-                      if volume_suffix(p) and volume_stem(p) == sequence), None)
-        if image is not None:
-            cases.append(LabelledCase(case=mask.parent.name, image=image, mask=mask))
-    return cases
-
-
 @contextlib.contextmanager
 def scoped_environ(**values: str) -> Iterator[None]:
     """Set environment variables for a block only (nnU-Net reads its settings from there)."""
@@ -123,7 +104,7 @@ def nnunet_environment(work_dir: Path) -> Iterator[dict[str, Path]]:
         yield paths
 
 
-def write_raw_dataset(cases: list[LabelledCase], raw_root: Path, dataset_name: str,
+def write_raw_dataset(cases: list[Support], raw_root: Path, dataset_name: str,
                       sequence: str) -> Path:
     """nnU-Net raw folder (imagesTr/labelsTr/dataset.json); masks are checked against their image."""
     folder = raw_root / dataset_name
@@ -212,7 +193,7 @@ def export_model(model_folder: Path, weights_dir: Path, sequence: str, folds: tu
 
 def train_model(config: TrainingConfig) -> Path:
     """Labelled cases -> trained nnU-Net -> exported model folder (returned)."""
-    cases = find_labelled_cases(config.data_dir, config.sequence)
+    cases = find_supports(config.data_dir, config.sequence)
     if not cases:
         raise SSLMedSAM2Error(f"{config.data_dir}: no labelled {config.sequence} cases "
                               f"(expected <case>/{config.sequence}.nii.gz with mask_{config.sequence}.nii.gz)")
