@@ -20,10 +20,9 @@ recorded as an error for that case, so one bad case does not hide the others.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,7 +32,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from sslmedsam2.errors import InputError, LayoutError, SSLMedSAM2Error
-from sslmedsam2.io import is_volume_file, same_grid, volume_stem
+from sslmedsam2.io import is_volume_file, same_grid, volume_stem, write_text_atomic
 from sslmedsam2.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -188,18 +187,11 @@ def _rounded(values: Sequence[float]) -> tuple[float, ...]:
 
 def write_csv(results: Sequence[CaseResult], path: Path | str) -> Path:
     """Write one row per result, atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows(["" if v is None else v for v in astuple(r)] for r in results)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(["" if v is None else v for v in astuple(r)] for r in results)
+    return write_text_atomic(buffer.getvalue(), path)
 
 
 def summary_table(results: Sequence[CaseResult]) -> str:

@@ -18,10 +18,8 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from io import StringIO
@@ -33,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from sslmedsam2.io import write_image_atomic, write_mask
+from sslmedsam2.io import write_image_atomic, write_mask, write_text_atomic
 from sslmedsam2.sequences import CARE_SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -479,19 +477,6 @@ def generate_case(seed: SeedAnatomy, plan: CasePlan, base_seed: int) -> dict[str
 # Writing the dataset
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    """Text file written under a hidden temporary name, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
 def _prepare_out_dir(root: Path) -> None:
     """Refuse a non-empty folder that is not a previous example; clear a previous example so stale
     cases from a larger run cannot survive."""
@@ -583,9 +568,9 @@ def make_example(config: ExampleConfig, progress: bool = True) -> ExampleDataset
         root=root, train_dir=root / "train", test_input_dir=root / "test" / "input",
         info_csv=root / "test" / "input" / "info.csv", ground_truth_dir=root / "ground_truth",
         notice=root / "NOTICE.md", manifest=root / _MANIFEST, cases=tuple(cases))
-    _write_text_atomic(_info_csv([c for c in cases if c.split == "test"]), dataset.info_csv)
-    _write_text_atomic(_notice(seed), dataset.notice)
-    _write_text_atomic(_manifest(config, records), dataset.manifest)  # last: marks completion
+    write_text_atomic(_info_csv([c for c in cases if c.split == "test"]), dataset.info_csv)
+    write_text_atomic(_notice(seed), dataset.notice)
+    write_text_atomic(_manifest(config, records), dataset.manifest)  # last: marks completion
     (root / _INCOMPLETE_MARKER).unlink(missing_ok=True)
     log.info("example dataset: %d training (%d labelled) and %d test cases in %s",
              config.cases, sum(c.labelled for c in cases), config.test_cases, root)

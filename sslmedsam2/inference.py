@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
 from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
-from sslmedsam2.io import read_volume, write_mask
+from sslmedsam2.io import read_volume, write_mask, write_text_atomic
 from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.runtime import configure_threads
@@ -173,7 +172,4 @@ def write_summary(summary: RunSummary, settings: InferenceSettings) -> Path:
         "settings": json.loads(json.dumps(asdict(settings), default=str)),
         "cases": [asdict(r) for r in summary.records],
     }
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(json.dumps(payload, indent=2), path)

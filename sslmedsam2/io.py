@@ -216,6 +216,20 @@ def _finalise_mhd(tmp: Path, path: Path) -> None:
     os.replace(tmp_header, path)
 
 
+def write_text_atomic(text: str, path: Path | str) -> Path:
+    """A text file written under a hidden temporary name, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
 def write_mask(mask: np.ndarray, reference: sitk.Image, path: Path | str) -> Path:
     """Write a 0/1 uint8 mask on ``reference``'s grid, atomically."""
     return write_image_atomic(mask_image(mask, reference), path)
