@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from sslmedsam2.postprocess import largest_component
+from sslmedsam2.postprocess import binary_entropy, largest_component
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,3 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
     probability = votes / len(supports)
     mask = largest_component(probability >= config.threshold)
     return FusedLabel(mask=mask, probability=probability, uncertainty=binary_entropy(probability))
-
-
-def binary_entropy(probability: np.ndarray) -> np.ndarray:
-    """Entropy in bits of a per-voxel foreground probability: 0 where all agree, 1 at 50/50."""
-    p = np.clip(probability.astype(np.float32), 1e-6, 1 - 1e-6)
-    entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    entropy[(probability <= 0) | (probability >= 1)] = 0.0
-    return entropy

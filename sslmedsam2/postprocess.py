@@ -19,3 +19,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     kept[box] = labels == int(sizes.argmax())
     return kept
+
+
+def binary_entropy(probability: np.ndarray) -> np.ndarray:
+    """Per-voxel uncertainty of a fused foreground probability: Bernoulli entropy in bits, 0 where
+    every vote agrees, 1 at 50/50. Shared by every few-shot engine so thresholds mean the same."""
+    p = np.clip(np.asarray(probability, np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return np.nan_to_num(entropy, nan=0.0).astype(np.float32)

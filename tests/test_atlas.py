@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sslmedsam2.atlas import binary_entropy, propagate
+from sslmedsam2.atlas import propagate
+from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.metrics import compute_metrics
 from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label

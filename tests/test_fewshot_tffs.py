@@ -20,7 +20,8 @@ from sslmedsam2.fewshot.propagation import (
     propagate_video,
     VideoInputs,
 )
-from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter, binary_entropy, segment_query
+from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter, segment_query
+from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.fewshot.videos import whole_insert_video
 
 SIZE = 64
@@ -145,8 +146,8 @@ def test_encoded_frames_share_positional_encodings(predictor):
     assert encoded.features[2]["backbone_fpn"][0].shape[0] == 1
 
 
-def test_binary_entropy_is_ln2_at_a_half():
-    np.testing.assert_allclose(binary_entropy(np.array([0.0, 0.5, 1.0])), [0, np.log(2), 0], atol=1e-6)
+def test_binary_entropy_is_one_bit_at_a_half():
+    np.testing.assert_allclose(binary_entropy(np.array([0.0, 0.5, 1.0])), [0, 1.0, 0], atol=1e-6)
 
 
 def test_segmenter_encodes_supports_once_for_many_queries(predictor, case):

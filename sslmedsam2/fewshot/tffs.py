@@ -32,7 +32,7 @@ from sslmedsam2.fewshot.propagation import (
     propagate_video,
 )
 from sslmedsam2.fewshot.videos import plan_videos
-from sslmedsam2.postprocess import largest_component
+from sslmedsam2.postprocess import binary_entropy, largest_component
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class TFFSConfig:
 @dataclass
 class FewShotResult:
     """Outputs on the query's (z, y, x) grid: ``mask`` uint8 0/1, ``probability`` float32 mean of
-    the sigmoid maps, ``uncertainty`` float32 binary entropy (nats) of that mean."""
+    the sigmoid maps, ``uncertainty`` float32 binary entropy (bits, 0..1) of that mean."""
 
     mask: np.ndarray
     probability: np.ndarray
@@ -89,15 +89,6 @@ class FewShotResult:
     encoder_frames: int
     encoder_calls: int
     seconds: float
-
-
-def binary_entropy(probability: np.ndarray) -> np.ndarray:
-    """Entropy in nats of a Bernoulli(p) per voxel, the authors' formula (eps 1e-8): 0 where
-    certain, ln 2 (about 0.693) at p = 0.5. The authors store it resized to the model size; we
-    keep it on the query grid, beside the mask."""
-    p = np.asarray(probability, np.float64)
-    entropy = -(p * np.log(p + 1e-8) + (1 - p) * np.log(1 - p + 1e-8))
-    return np.clip(entropy, 0, None).astype(np.float32)
 
 
 class TFFSSegmenter:
