@@ -89,10 +89,12 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--all-components", action="store_true",
                       help="keep every connected component (default: only the largest, the liver)")
     how = parser.add_argument_group("how to run the model")
-    how.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=("nnunet", "atlas"),
+    how.add_argument("--engines", type=lambda t: tuple(t.split(",")),
+                     default=("nnunet", "sam2", "atlas"),
                      help="engines tried in this order for each sequence: nnunet (trained models), "
-                          "atlas (registration of the supports in <weights>/supports). "
-                          "Default: nnunet,atlas")
+                          "sam2 (few-shot from <weights>/supports with a checkpoint in "
+                          "<weights>/sam2), atlas (registration of the supports). "
+                          "Default: nnunet,sam2,atlas")
     how.add_argument("--device", default="auto", help="auto (GPU if visible), cpu or cuda[:N]")
     how.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
     how.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -190,8 +192,9 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     if not queries:
         raise UsageError(f"{args.unlabelled}: no {args.sequence[0]} volumes "
                          f"(expected <case>/{args.sequence[0]}.nii.gz or Vendor_X/<case>/...)")
-    engine = AtlasEngine(supports, AtlasConfig(deformable=args.deformable),
-                         max_supports=args.max_supports, origin=str(args.supports))
+    engine = (_sam2_engine(args, supports) if args.method == "sam2" else
+              AtlasEngine(supports, AtlasConfig(deformable=args.deformable),
+                          max_supports=args.max_supports, origin=str(args.supports)))
     log.info("%d support(s), %d quer%s (shard %d/%d: %d)", len(supports), len(queries),
              "y" if len(queries) == 1 else "ies", shard.index, shard.count,
              len(shard.select(queries)))
@@ -200,6 +203,19 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     log.info("done: %d labelled, %d already done, %d failed", sum(r["status"] == "ok" for r in records),
              sum(r["status"] == "skipped" for r in records), len(failed))
     return 1 if failed else 0
+
+
+def _sam2_engine(args: argparse.Namespace, supports):
+    from sslmedsam2.engines.base import RuntimeOptions
+    from sslmedsam2.engines.sam2 import Sam2Engine
+    from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
+    from sslmedsam2.fewshot.tffs import TFFSConfig
+
+    if args.checkpoint is None:
+        raise UsageError("--method sam2 needs --checkpoint FILE (e.g. weights/sam2/MedSAM2_latest.pt)")
+    config = {"paper": TFFSConfig(), "cpu-practical": TFFSConfig.cpu_practical(), "auto": None}[args.setting]
+    return Sam2Engine(supports, resolve_checkpoint(checkpoint=args.checkpoint),
+                      RuntimeOptions(device=args.device), config)
 
 
 def run_montage(args: argparse.Namespace) -> int:
@@ -282,8 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes <out>/<case>/<SEQ>.nii.gz (mask on the query grid) and "
                     "<SEQ>_uncertainty.nii.gz, skips cases already done, and logs a JSON line per "
                     "case. Method atlas: SimpleITK registration (mutual information, any sequence) "
-                    "of each support to the query and a majority vote.")
-    pseudo.add_argument("--method", choices=["atlas"], default="atlas")
+                    "of each support to the query and a majority vote. Method sam2: the supports "
+                    "as SAM2 memory, whole-insert videos (TFFS-MedSAM2).")
+    pseudo.add_argument("--method", choices=["atlas", "sam2"], default="atlas",
+                        help="atlas: registration + vote (no weights); sam2: TFFS-MedSAM2 "
+                             "(needs --checkpoint)")
+    pseudo.add_argument("--checkpoint", type=Path, default=None,
+                        help="sam2: a local checkpoint (MedSAM2_latest.pt, sam2.1_hiera_*.pt); "
+                             "nothing is downloaded")
+    pseudo.add_argument("--setting", choices=["auto", "paper", "cpu-practical"], default="auto",
+                        help="sam2: paper = 10 supports x 5 insertions, all slices (GPU); "
+                             "cpu-practical = an approximation (3 x 2, every 2nd support slice, "
+                             "4 prompted frames in attention); auto = paper on GPU")
+    pseudo.add_argument("--device", default="auto", help="sam2: auto, cpu or cuda[:N]")
     pseudo.add_argument("--supports", type=Path, required=True,
                         help="<case>/GED4.nii.gz + mask_GED4.nii.gz folders, or a CARE training root")
     pseudo.add_argument("--unlabelled", type=Path, required=True,

@@ -35,7 +35,7 @@ class InferenceSettings:
     output_dir: Path
     weights_dir: Path
     #: Tried in order per sequence: the first engine that can serve it segments it.
-    engines: tuple[str, ...] = ("nnunet", "atlas")
+    engines: tuple[str, ...] = ("nnunet", "sam2", "atlas")
     runtime: RuntimeOptions = RuntimeOptions()
     #: CARE sequences to segment besides GED4; None = every sequence an engine can serve.
     sequences: tuple[str, ...] | None = None

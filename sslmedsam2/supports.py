@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslmedsam2.io import volume_stem, volume_suffix
+import SimpleITK as sitk
+
+from sslmedsam2.errors import InputError
+from sslmedsam2.io import read_volume, volume_stem, volume_suffix
 from sslmedsam2.sequences import GED4
 
 
@@ -51,3 +54,16 @@ def same_vendor_first(supports: list[Support], vendor: str | None) -> list[Suppo
     vendor = _vendor_name(vendor)
     matching = [s for s in supports if vendor is not None and s.vendor == vendor]
     return matching or supports
+
+
+def load_support(support: Support) -> tuple[sitk.Image, sitk.Image]:
+    """The support's validated image and its mask, the mask on the image's grid."""
+    image = read_volume(support.image)
+    mask = sitk.ReadImage(str(support.mask))
+    if mask.GetSize() != image.GetSize():
+        raise InputError(support.mask, f"support mask size {mask.GetSize()} differs from its "
+                         f"image {support.image.name} {image.GetSize()}")
+    mask.CopyInformation(image)  # tiny header differences must not misplace the mask
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise InputError(support.mask, "support mask is empty")
+    return image, mask

@@ -7,10 +7,12 @@ from pathlib import Path
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.engines.base import Engine, EngineFactory, RuntimeOptions, Segmentation
 from sslmedsam2.engines.nnunet import NnUNetEngine
+from sslmedsam2.engines.sam2 import Sam2Engine
 from sslmedsam2.errors import UsageError
 
 ENGINES: dict[str, EngineFactory] = {
     "nnunet": NnUNetEngine,
+    "sam2": Sam2Engine.from_weights,
     "atlas": AtlasEngine.from_weights,
 }
 

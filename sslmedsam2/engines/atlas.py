@@ -13,9 +13,7 @@ import SimpleITK as sitk
 
 from sslmedsam2.atlas import AtlasConfig, propagate
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
-from sslmedsam2.errors import InputError, WeightsError
-from sslmedsam2.io import read_volume
-from sslmedsam2.supports import Support, find_supports, same_vendor_first
+from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
 
 
 SUPPORTS_DIR = "supports"
@@ -49,7 +47,7 @@ class AtlasEngine:
     def load(self, sequence: str) -> None:
         for support in self.supports:
             if support.case not in self._volumes:
-                self._volumes[support.case] = _read_support(support)
+                self._volumes[support.case] = load_support(support)
 
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         self.load(sequence)
@@ -57,15 +55,3 @@ class AtlasEngine:
         fused = propagate(image, [self._volumes[s.case] for s in chosen], self.config)
         return Segmentation(mask=fused.mask, uncertainty=fused.uncertainty,
                             detail=f"atlas supports={','.join(s.case for s in chosen)}")
-
-
-def _read_support(support: Support) -> tuple[sitk.Image, sitk.Image]:
-    image = read_volume(support.image)
-    mask = sitk.ReadImage(str(support.mask))
-    if mask.GetSize() != image.GetSize():
-        raise WeightsError(f"{support.mask}: support mask size {mask.GetSize()} differs from its "
-                           f"image {support.image.name} {image.GetSize()}")
-    mask.CopyInformation(image)
-    if not sitk.GetArrayViewFromImage(mask).any():
-        raise InputError(support.mask, "support mask is empty")
-    return image, mask

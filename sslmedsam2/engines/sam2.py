@@ -1,0 +1,86 @@
+"""SAM2 few-shot engine (TFFS-MedSAM2): labelled supports as SAM2 memory, no training.
+
+Needs a SAM2 checkpoint in ``<weights>/sam2/`` (MedSAM2_latest.pt, or an official
+sam2.1_hiera_*.pt) and supports in ``<weights>/supports/``. On a GPU it runs the paper's setting;
+on a CPU, where that setting costs hours per volume, :meth:`TFFSConfig.cpu_practical` (an
+approximation, not quality-checked without real weights) unless a config is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.errors import WeightsError
+from sslmedsam2.fewshot.checkpoints import CHECKPOINTS, ResolvedCheckpoint, build_predictor, resolve_checkpoint
+from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
+from sslmedsam2.runtime import resolve_device
+from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
+
+log = logging.getLogger(__name__)
+
+
+class Sam2Engine:
+    """One SAM2 predictor, and one prepared-support segmenter per support set (vendor)."""
+
+    name = "sam2"
+
+    def __init__(self, supports: list[Support], checkpoint: ResolvedCheckpoint | None,
+                 options: RuntimeOptions = RuntimeOptions(), config: TFFSConfig | None = None,
+                 weights_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> None:
+        self.supports = supports
+        self.checkpoint = checkpoint
+        self.options = options
+        self.config = config
+        self.weights_dir = weights_dir
+        self.hydra_overrides = hydra_overrides
+        self._predictor = None
+        self._segmenters: dict[tuple[str, ...], TFFSSegmenter] = {}
+
+    @classmethod
+    def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "Sam2Engine":
+        try:
+            checkpoint = resolve_checkpoint(weights_dir)
+        except WeightsError:
+            checkpoint = None  # no checkpoint: this engine steps aside for the next one
+        return cls(find_supports(Path(weights_dir) / "supports"), checkpoint, options,
+                   weights_dir=Path(weights_dir))
+
+    def can_segment(self, sequence: str) -> bool:
+        return bool(self.supports) and self.checkpoint is not None
+
+    def missing(self, sequence: str) -> str:
+        where = self.weights_dir or Path("<weights>")
+        names = ", ".join(spec.filename for spec in CHECKPOINTS.values())
+        return (f"a SAM2 checkpoint in {where}/sam2/ (one of {names}) and support cases in "
+                f"{where}/supports/<case>/GED4.nii.gz with mask_GED4.nii.gz")
+
+    def load(self, sequence: str) -> None:
+        if self._predictor is not None:
+            return
+        device = resolve_device(self.options.device)
+        if self.config is None:
+            self.config = TFFSConfig() if device.type == "cuda" else TFFSConfig.cpu_practical()
+            if device.type != "cuda":
+                log.warning("sam2 on CPU: CPU-practical setting (%s supports x %s insertions, every "
+                            "%s-th support slice), an approximation of the paper's GPU setting",
+                            self.config.max_supports, self.config.insertions,
+                            self.config.support_stride)
+        self._predictor = build_predictor(self.checkpoint, device, self.hydra_overrides)
+
+    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
+        self.load(sequence)
+        chosen = same_vendor_first(self.supports, vendor)
+        key = tuple(s.case for s in chosen)
+        if key not in self._segmenters:
+            self._segmenters[key] = TFFSSegmenter(
+                self._predictor, [load_support(s) for s in chosen], self.config)
+        result = self._segmenters[key].segment(image)
+        used = key[: self.config.max_supports] if self.config.max_supports else key
+        return Segmentation(
+            mask=result.mask, uncertainty=result.uncertainty,
+            detail=f"sam2 {self.checkpoint.spec.name} supports={','.join(used)} "
+                   f"insertions={self.config.insertions} encoder_frames={result.encoder_frames}")
