@@ -1,0 +1,125 @@
+"""TFFS-MedSAM2 cost on CPU (tiny SAM2.1, random weights: mechanics and cost, never quality).
+
+  cost   seconds per call of the image encoder, memory attention, mask decoder and memory encoder,
+         as a function of the number of conditioning (prompted) frames, at the model size (512).
+  cache  exact encoder cache vs the naive path (every frame of every video re-encoded), side by
+         side, at the paper's shape (10 supports x 5 insertions, both directions) with fewer
+         slices and a smaller image so the naive arm finishes; outputs must agree.
+
+    python benchmarks/bench_fewshot.py cost [--frames 1 5 10 20 40] [--size 512]
+    python benchmarks/bench_fewshot.py cache [--size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint
+from sslmedsam2.fewshot.tffs import TFFSConfig, segment_query
+
+MODULES = ("image_encoder", "memory_attention", "sam_mask_decoder", "memory_encoder")
+
+
+@contextlib.contextmanager
+def module_timer(predictor: torch.nn.Module) -> Iterator[dict]:
+    """Wall seconds and calls per SAM2 module, from forward pre/post hooks."""
+    totals: dict = defaultdict(lambda: [0.0, 0])
+    handles = []
+    for name in MODULES:
+        module = getattr(predictor, name)
+        started: list[float] = []
+        handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
+        def done(*_, s=started, n=name):
+            totals[n][0] += time.perf_counter() - s.pop()
+            totals[n][1] += 1
+        handles.append(module.register_forward_hook(done))
+    try:
+        yield totals
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def volume(slices: int, size: int, seed: int, with_mask: bool = True) -> tuple[sitk.Image, sitk.Image]:
+    """A blob phantom (z, y, x) with a mask on every slice."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:slices, :size, :size]
+    blob = ((y - size / 2) ** 2 + (x - size / 2.2) ** 2) < (size / 4) ** 2
+    image = (100 + 400 * blob + rng.normal(0, 20, blob.shape)).clip(0).astype(np.int16)
+    image_itk = sitk.GetImageFromArray(image)
+    mask_itk = sitk.GetImageFromArray(blob.astype(np.uint8))
+    mask_itk.CopyInformation(image_itk)
+    return image_itk, mask_itk
+
+
+def cost(size: int, frame_counts: list[int], query_slices: int) -> None:
+    predictor = build_predictor(resolve_checkpoint(None, name="tiny", allow_random=True),
+                                hydra_overrides=[f"++model.image_size={size}"])
+    query, _ = volume(query_slices, 96, seed=1)
+    print(f"tiny SAM2.1 at {size} px, random weights, {torch.get_num_threads()} thread(s); "
+          f"query {query_slices} slices; 1 support x 1 insertion\n")
+    print("| prompted frames | encoder s/frame | memory attention s/call (calls) | "
+          "mask decoder s/call | memory encoder s/call | total s |\n|---|---|---|---|---|---|")
+    for count in frame_counts:
+        support = volume(count, 96, seed=2)
+        config = TFFSConfig(insertions=1, max_cond_frames_in_attn=-1)
+        started = time.perf_counter()
+        with module_timer(predictor) as totals:
+            result = segment_query(predictor, query, [support], config)
+        total = time.perf_counter() - started
+        enc_s, _ = totals["image_encoder"]
+        att_s, att_n = totals["memory_attention"]
+        dec_s, dec_n = totals["sam_mask_decoder"]
+        mem_s, mem_n = totals["memory_encoder"]
+        print(f"| {count} | {enc_s / max(result.encoder_frames, 1):.2f} | "
+              f"{att_s / max(att_n, 1):.2f} ({att_n}) | {dec_s / max(dec_n, 1):.3f} | "
+              f"{mem_s / max(mem_n, 1):.3f} | {total:.1f} |")
+
+
+def cache(size: int, query_slices: int, support_slices: int, supports: int, insertions: int) -> None:
+    torch.manual_seed(0)
+    predictor = build_predictor(resolve_checkpoint(None, name="tiny", allow_random=True),
+                                hydra_overrides=[f"++model.image_size={size}"])
+    query, _ = volume(query_slices, 64, seed=1)
+    pairs = [volume(support_slices, 64, seed=10 + i) for i in range(supports)]
+    print(f"tiny SAM2.1 at {size} px, random weights, {torch.get_num_threads()} thread(s); query "
+          f"{query_slices} slices, {supports} supports x {support_slices} slices, {insertions} "
+          "insertions, both directions\n")
+    print("| arm | encoder frames | encoder calls | wall s |\n|---|---|---|---|")
+    results = {}
+    for arm, cached in (("naive (authors' re-encoding)", False), ("exact cache", True)):
+        config = TFFSConfig(insertions=insertions, cache_encoder=cached)
+        results[arm] = segment_query(predictor, query, pairs, config)
+        r = results[arm]
+        print(f"| {arm} | {r.encoder_frames} | {r.encoder_calls} | {r.seconds:.1f} |")
+    naive, exact = results.values()
+    print(f"\nencoder frames: {naive.encoder_frames / exact.encoder_frames:.1f}x fewer; wall time: "
+          f"{naive.seconds / exact.seconds:.2f}x faster; max |probability difference| = "
+          f"{float(np.abs(naive.probability - exact.probability).max()):.2e}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("section", choices=["cost", "cache"])
+    parser.add_argument("--size", type=int, default=None, help="model image size")
+    parser.add_argument("--frames", type=int, nargs="+", default=[1, 5, 10, 20, 40])
+    parser.add_argument("--query-slices", type=int, default=4)
+    args = parser.parse_args()
+    with torch.inference_mode():
+        if args.section == "cost":
+            cost(args.size or 512, args.frames, args.query_slices)
+        else:
+            cache(args.size or 128, args.query_slices, support_slices=3, supports=10, insertions=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
