@@ -2,21 +2,26 @@
 
   cost   seconds per call of the image encoder, memory attention, mask decoder and memory encoder,
          as a function of the number of conditioning (prompted) frames, at the model size (512).
+  care   wall time of the CPU-practical setting on a CARE-size query (640 x 520 x 64, the first
+         example test case resampled) with the example's labelled cases as supports, at 512.
   cache  exact encoder cache vs the naive path (every frame of every video re-encoded), side by
          side, at the paper's shape (10 supports x 5 insertions, both directions) with fewer
          slices and a smaller image so the naive arm finishes; outputs must agree.
 
     python benchmarks/bench_fewshot.py cost [--frames 1 5 10 20 40] [--size 512]
     python benchmarks/bench_fewshot.py cache [--size 128]
+    python benchmarks/bench_fewshot.py care --data runs/demo/data   # CPU-practical, 64-slice query
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -106,9 +111,31 @@ def cache(size: int, query_slices: int, support_slices: int, supports: int, inse
           f"{float(np.abs(naive.probability - exact.probability).max()):.2e}")
 
 
+def care(data: Path) -> None:
+    from bench_inference import care_size_volume
+
+    from sslmedsam2.supports import find_supports, load_support
+
+    predictor = build_predictor(resolve_checkpoint(None, name="medsam2", allow_random=True))
+    source = sorted((data / "test" / "input").glob("*/*/GED4.nii.gz"))[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        query = sitk.ReadImage(str(care_size_volume(source, Path(tmp) / "care.nii.gz")))
+    supports = [load_support(s) for s in find_supports(data / "train")]
+    config = TFFSConfig.cpu_practical()
+    result = segment_query(predictor, query, supports, config)
+    slices = [s[0].GetSize()[2] for s in supports[: config.max_supports]]
+    print(f"MedSAM2-shaped tiny model at 512 px, random weights, {torch.get_num_threads()} "
+          f"thread(s); query {query.GetSize()} voxels; supports with {slices} slices; "
+          f"{config}\n")
+    print(f"wall time {result.seconds:.0f} s ({result.seconds / 60:.1f} min) per query case; "
+          f"encoder frames {result.encoder_frames}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["cost", "cache"])
+    parser.add_argument("section", choices=["cost", "cache", "care"])
+    parser.add_argument("--data", type=Path, default=Path("runs/demo/data"),
+                        help="care: a make-example folder (test input + labelled training cases)")
     parser.add_argument("--size", type=int, default=None, help="model image size")
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 5, 10, 20, 40])
     parser.add_argument("--query-slices", type=int, default=4)
@@ -116,6 +143,8 @@ def main() -> int:
     with torch.inference_mode():
         if args.section == "cost":
             cost(args.size or 512, args.frames, args.query_slices)
+        elif args.section == "care":
+            care(args.data)
         else:
             cache(args.size or 128, args.query_slices, support_slices=3, supports=10, insertions=5)
     return 0
