@@ -1,9 +1,11 @@
 """TFFS-MedSAM2 mechanics on a randomly initialised tiny SAM2 at 64 px (never a quality claim):
-the exact encoder cache gives the naive path's numbers with one encoder pass per unique slice."""
+the exact caches give the naive path's numbers with one encoder pass per unique slice and one
+memory-encoder pass per prompted support slice and query size."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,13 @@ from PIL import Image
 
 from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint
 from sslmedsam2.fewshot.propagation import (
+    OBJ_ID,
     EncodedFrames,
     EncoderCounter,
     new_inference_state,
+    prompt_outputs,
     propagate_video,
+    quiet_progress,
     VideoInputs,
 )
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter, segment_query
@@ -59,6 +64,9 @@ def case() -> tuple[sitk.Image, list[tuple[sitk.Image, sitk.Image]]]:
     return query, [synthetic((4, 30, 30), 2), synthetic((3, 20, 26), 3)]
 
 
+PROMPTED = 2 + 1  # non-empty slices of the two supports (first and last slices are empty)
+
+
 def test_cached_equals_naive_with_unique_frames_encoded_once(predictor, case):
     query, supports = case
     config = TFFSConfig(insertions=2, seed=3)
@@ -71,6 +79,39 @@ def test_cached_equals_naive_with_unique_frames_encoded_once(predictor, case):
     assert cached.encoder_frames == unique
     assert cached.encoder_calls == 3  # one batch each: query, support 1, support 2
     assert naive.encoder_frames > unique and naive.encoder_calls == naive.encoder_frames
+    # naive: every prompted slice in each of 2 insertions x 2 directions; cached: once each.
+    # Tracked frames pay the memory encoder on both paths.
+    assert naive.memory_encoder_calls - cached.memory_encoder_calls == 2 * 2 * PROMPTED - PROMPTED
+
+
+def test_prompt_outputs_do_not_depend_on_the_frame_position(predictor):
+    """What add_new_mask + preflight leave for a support slice inside a video equals, bit for bit,
+    what prompt_outputs makes on the support alone: the premise of reusing them."""
+    query = EncodedFrames.encode(predictor, torch.randn(3, 3, SIZE, SIZE))
+    support = EncodedFrames.encode(predictor, torch.randn(3, 3, SIZE, SIZE))
+    masks = np.zeros((3, 12, 14), bool)
+    masks[1:, 3:8, 4:9] = True
+    masks[2, 8:10] = True
+    alone = prompt_outputs(predictor, support, masks, (12, 14))
+    video = whole_insert_video(3, masks.reshape(3, -1).any(axis=1), insert_at=2)
+    inputs = VideoInputs(query=query.images, support=support.images, support_masks=masks,
+                         video_size=(12, 14), query_encoded=query, support_encoded=support)
+    state = new_inference_state(predictor, query.images, (12, 14), inputs.cached_features(video))
+    state["num_frames"] = len(video.frames)
+    with torch.inference_mode():
+        for frame_idx in video.prompted:
+            mask = torch.from_numpy(masks[video.prompt_slice(frame_idx)])
+            predictor.add_new_mask(state, frame_idx=frame_idx, obj_id=OBJ_ID, mask=mask)
+        predictor.propagate_in_video_preflight(state)
+    in_video = state["output_dict_per_obj"][0]["cond_frame_outputs"]
+    assert sorted(alone) == [1, 2] and sorted(in_video) == [3, 4]
+    for frame_idx, out in in_video.items():
+        reference = alone[video.prompt_slice(frame_idx)]
+        assert set(out) == set(reference)
+        for key, value in out.items():
+            tensors = value if isinstance(value, list) else [value]
+            expected = reference[key] if isinstance(value, list) else [reference[key]]
+            assert all(torch.equal(a, b) for a, b in zip(tensors, expected)), key
 
 
 def test_outputs_on_the_query_grid(predictor, case):
@@ -150,29 +191,70 @@ def test_binary_entropy_is_one_bit_at_a_half():
     np.testing.assert_allclose(binary_entropy(np.array([0.0, 0.5, 1.0])), [0, 1.0, 0], atol=1e-6)
 
 
-def test_segmenter_encodes_supports_once_for_many_queries(predictor, case):
+def test_segmenter_reuses_support_caches_across_queries(predictor, case):
     query, supports = case
     config = TFFSConfig(insertions=2, seed=3)
     counter = EncoderCounter()
     with counter.watching(predictor):
         segmenter = TFFSSegmenter(predictor, supports, config)
-    assert counter.frames == 4 + 3
+    assert counter.frames == 0  # supports are encoded at first use
     first = segmenter.segment(query)
     second = segmenter.segment(query)
-    assert first.encoder_frames == second.encoder_frames == 5  # only the query's slices
+    assert first.encoder_frames == 5 + 4 + 3 and second.encoder_frames == 5  # only the query's
+    assert second.memory_encoder_calls == first.memory_encoder_calls - PROMPTED
     np.testing.assert_array_equal(first.probability, second.probability)  # fresh RNG per query
-    alone = segment_query(predictor, query, supports, config)
-    np.testing.assert_allclose(first.probability, alone.probability, atol=1e-6)
+    naive = segment_query(predictor, query, supports, replace(config, cache_encoder=False))
+    np.testing.assert_allclose(second.probability, naive.probability, atol=1e-5)
+    wider, _ = synthetic((5, 24, 32), 1)  # another in-plane size: prompts again, encodings kept
+    other = segmenter.segment(wider)
+    assert other.encoder_frames == 5
+    assert other.memory_encoder_calls == first.memory_encoder_calls  # same plan, prompts redone
+
+
+@pytest.mark.parametrize("limit_mb", [0.0, 1.0])
+def test_a_small_cache_bound_recomputes_and_stays_exact(predictor, case, limit_mb):
+    """0 keeps nothing; 1 MB holds one support's entries at 64 px (0.7-0.8 MB of encodings), so
+    cycling through two supports evicts each before its next use. Either way the numbers are the
+    naive path's."""
+    query, supports = case
+    config = TFFSConfig(insertions=2, seed=3, cache_limit_mb=limit_mb)
+    segmenter = TFFSSegmenter(predictor, supports, config)
+    naive = segment_query(predictor, query, supports, replace(config, cache_encoder=False))
+    for _ in range(2):
+        result = segmenter.segment(query)
+        np.testing.assert_allclose(result.probability, naive.probability, atol=1e-5)
+        assert result.encoder_frames == 5 + 4 + 3  # supports not kept: encoded again, per query
+        saved = naive.memory_encoder_calls - result.memory_encoder_calls
+        assert saved == 2 * 2 * PROMPTED - PROMPTED  # prompts made once per query
+        assert segmenter.cache.used_bytes <= limit_mb * 2**20
+    assert (len(segmenter.cache) == 0) == (limit_mb == 0)
+
+
+def test_propagation_draws_no_progress_bar(predictor, capsys):
+    query = torch.randn(2, 3, SIZE, SIZE)
+    support = torch.randn(1, 3, SIZE, SIZE)
+    masks = np.ones((1, 12, 12), bool)
+    video = whole_insert_video(2, np.array([True]), insert_at=1)
+    inputs = VideoInputs(query=query, support=support, support_masks=masks, video_size=(12, 12))
+    propagate_video(predictor, video, inputs)
+    assert "propagate in video" not in capsys.readouterr().err
+    state = new_inference_state(predictor, query, (12, 12))  # sam2 left alone: it draws bars
+    with torch.inference_mode():
+        predictor.add_new_mask(state, frame_idx=0, obj_id=OBJ_ID, mask=torch.from_numpy(masks[0]))
+        with quiet_progress():
+            list(predictor.propagate_in_video(state))
+        assert "propagate in video" not in capsys.readouterr().err
+        list(predictor.propagate_in_video(state))
+    assert "propagate in video" in capsys.readouterr().err
 
 
 def test_support_stride_and_max_supports_shrink_the_work(predictor, case):
-    _, supports = case
-    counter = EncoderCounter()
-    with counter.watching(predictor):
-        segmenter = TFFSSegmenter(predictor, supports, TFFSConfig(support_stride=2, max_supports=1))
+    query, supports = case
+    segmenter = TFFSSegmenter(predictor, supports, TFFSConfig(support_stride=2, max_supports=1))
     assert len(segmenter.supports) == 1
-    assert len(segmenter.supports[0].frames) == 2 and counter.frames == 2  # slices 0 and 2 of 4
+    assert len(segmenter.supports[0].frames) == 2  # slices 0 and 2 of 4
     assert segmenter.supports[0].nonempty.tolist() == [False, True]
+    assert segmenter.segment(query).encoder_frames == 5 + 2
 
 
 def test_support_mask_is_judged_at_the_query_size(predictor, case):

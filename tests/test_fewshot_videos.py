@@ -59,6 +59,13 @@ def test_insertion_positions_are_seeded_distinct_and_in_range():
     assert insertion_positions(2, 5, np.random.default_rng(0)) == [0, 1, 2]  # only 3 slots
 
 
+def test_the_authors_range_never_appends():
+    positions = insertion_positions(3, 5, np.random.default_rng(0), after_last=False)
+    assert positions == [0, 1, 2]
+    videos = plan_videos(3, np.array([True]), 3, np.random.default_rng(1), after_last=False)
+    assert all(v.frames[-1].source == "query" for v in videos)
+
+
 def test_plan_has_one_video_per_position():
     videos = plan_videos(10, np.array([True, False, True]), 4, np.random.default_rng(3))
     assert len({v.insert_at for v in videos}) == 4

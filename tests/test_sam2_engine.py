@@ -21,16 +21,7 @@ from conftest import run_process
 from test_process import summary
 
 
-@pytest.fixture()
-def one_thread():
-    """SAM2 on CPU threads badly on a shared 2-core box; one thread keeps the test quick."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_segments_on_the_query_grid(example_dataset, one_thread):
+def test_segments_on_the_query_grid(example_dataset):
     supports = find_supports(example_dataset.train_dir)
     random_tiny = resolve_checkpoint(None, name="tiny", allow_random=True)  # test flag: no file
     engine = Sam2Engine(supports, random_tiny, RuntimeOptions(device="cpu"),
@@ -39,7 +30,9 @@ def test_segments_on_the_query_grid(example_dataset, one_thread):
     assert engine.can_segment("T1")
     case = example_dataset.split("test")[0]
     query = sitk.ReadImage(str(case.images["T1"]))
+    threads = torch.get_num_threads()
     segmentation = engine.segment(query, "T1", vendor=case.vendor)
+    assert torch.get_num_threads() == threads  # pinned to CPU_THREADS only while segmenting
     assert segmentation.mask.shape == query.GetSize()[::-1]
     assert segmentation.uncertainty.shape == query.GetSize()[::-1]
     assert "sam2 tiny supports=" in segmentation.detail

@@ -3,15 +3,19 @@
 Needs a SAM2 checkpoint in ``<weights>/sam2/`` (MedSAM2_latest.pt, or an official
 sam2.1_hiera_*.pt) and supports in ``<weights>/supports/``. On a GPU it runs the paper's setting;
 on a CPU, where that setting costs hours per volume, :meth:`TFFSConfig.cpu_practical` (an
-approximation, not quality-checked without real weights) unless a config is given.
+approximation, not quality-checked without real weights) unless a config is given, with
+``CPU_THREADS`` torch threads unless ``RuntimeOptions.threads`` says otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import SimpleITK as sitk
+import torch
 
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
@@ -21,6 +25,25 @@ from sslmedsam2.runtime import resolve_device
 from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
 
 log = logging.getLogger(__name__)
+
+#: SAM2's CPU default: on a shared 2-core box one thread ran 2-4x faster than two whenever another
+#: job was running (fewshot/README.md, "Threads on CPU").
+CPU_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block (None: unchanged), then
+    restored, so that the other engines of the process keep theirs."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class Sam2Engine:
@@ -38,6 +61,7 @@ class Sam2Engine:
         self.weights_dir = weights_dir
         self.hydra_overrides = hydra_overrides
         self._predictor = None
+        self._threads: int | None = None
         self._segmenters: dict[tuple[str, ...], TFFSSegmenter] = {}
 
     @classmethod
@@ -62,6 +86,9 @@ class Sam2Engine:
         if self._predictor is not None:
             return
         device = resolve_device(self.options.device)
+        if device.type == "cpu":
+            self._threads = self.options.threads or CPU_THREADS
+            log.info("sam2 on CPU: %d torch thread(s) (--threads sets them)", self._threads)
         if self.config is None:
             self.config = TFFSConfig() if device.type == "cuda" else TFFSConfig.cpu_practical()
             if device.type != "cuda":
@@ -75,10 +102,11 @@ class Sam2Engine:
         self.load(sequence)
         chosen = same_vendor_first(self.supports, vendor)
         key = tuple(s.case for s in chosen)
-        if key not in self._segmenters:
-            self._segmenters[key] = TFFSSegmenter(
-                self._predictor, [load_support(s) for s in chosen], self.config)
-        result = self._segmenters[key].segment(image)
+        with torch_threads(self._threads):
+            if key not in self._segmenters:
+                self._segmenters[key] = TFFSSegmenter(
+                    self._predictor, [load_support(s) for s in chosen], self.config)
+            result = self._segmenters[key].segment(image)
         used = key[: self.config.max_supports] if self.config.max_supports else key
         return Segmentation(
             mask=result.mask, uncertainty=result.uncertainty,

@@ -6,7 +6,9 @@ Modules, one job each:
 
 - ``preprocess``: volume -> normalised model frames (and logits back to the volume's array order).
 - ``videos``: the whole-insert plan: frame order, prompted frames, insertion positions.
-- ``propagation``: an in-memory SAM2 inference state, the exact image-encoder cache, propagation.
+- ``propagation``: an in-memory SAM2 inference state, the exact encoder and prompt caches,
+  propagation.
+- ``cache``: the byte-bounded least-recently-used store that keeps support caches across queries.
 - ``tffs``: the per-query algorithm and its configuration.
 - ``checkpoints``: local SAM2 / MedSAM2 checkpoints, never downloaded.
 """

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from sslmedsam2.fewshot.cache import TensorCache
 from sslmedsam2.fewshot.preprocess import (
     Frames,
     PreprocessConfig,
@@ -29,6 +30,7 @@ from sslmedsam2.fewshot.propagation import (
     EncoderCounter,
     VideoInputs,
     cond_frame_limit,
+    prompt_outputs,
     propagate_video,
 )
 from sslmedsam2.fewshot.videos import plan_videos
@@ -42,20 +44,26 @@ class TFFSConfig:
     """How a query is segmented few-shot.
 
     ``cache_encoder``: encode each unique slice once (query slices once per query, support slices
-    once per ``TFFSSegmenter``); exact. False re-encodes every frame of every video like the
-    authors' code, kept for comparison and benchmarks. ``max_supports``: use only the
+    once per ``TFFSSegmenter``) and run SAM2 on each prompted support slice once per query
+    in-plane size; exact. False re-encodes every frame and re-prompts every support slice of
+    every video like the authors' code, kept for comparison and benchmarks. ``cache_limit_mb``:
+    bound on the support caches kept across queries (least recently used go first, then are
+    recomputed, once per query: still exact). ``insert_after_last``: insertion positions from
+    0..Q (True) or the authors' 0..Q-1 (see ``videos``). ``max_supports``: use only the
     first N supports. ``support_stride``: keep every k-th support slice (approximation).
     ``max_cond_frames_in_attn``: SAM2's limit on prompted frames attended per tracked frame
     (approximation; None keeps the model's setting, -1 = all, the paper's).
     """
 
     insertions: int = 5
+    insert_after_last: bool = True
     seed: int = 0
     threshold: float = 0.5
     max_supports: int | None = None
     support_stride: int = 1
     max_cond_frames_in_attn: int | None = None
     cache_encoder: bool = True
+    cache_limit_mb: float = 8192
     encoder_batch_size: int = 8
     preprocess: PreprocessConfig = PreprocessConfig()
 
@@ -64,6 +72,8 @@ class TFFSConfig:
             raise ValueError("insertions, support_stride and encoder_batch_size must be >= 1")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.cache_limit_mb < 0:
+            raise ValueError(f"cache_limit_mb must be >= 0, got {self.cache_limit_mb}")
         if self.max_supports is not None and self.max_supports < 1:
             raise ValueError(f"max_supports must be >= 1 or None, got {self.max_supports}")
         limit = self.max_cond_frames_in_attn
@@ -88,6 +98,7 @@ class FewShotResult:
     maps: int
     encoder_frames: int
     encoder_calls: int
+    memory_encoder_calls: int
     seconds: float
 
 
@@ -95,11 +106,14 @@ class TFFSSegmenter:
     """Supports prepared once, queries segmented one by one ("load once, predict per case").
 
     Support frames do not depend on the query (only their masks are resized to each query's
-    in-plane size), so with ``cache_encoder`` their encodings are made here once and reused by
-    every query, every insertion and both directions. Memory: about 4 MB per support slice at
-    512 px (positional encodings are shared), e.g. 1.6 GB for 10 supports x 40 slices.
-    Each query draws its insertion positions from a fresh ``default_rng(seed)``, so a query's
-    result does not depend on which queries came before it (resumable, shardable runs).
+    in-plane size), so with ``cache_encoder`` their encodings are made at first use and reused by
+    every query, every insertion and both directions; the outputs of their prompted slices are
+    reused by every query of the same in-plane size. Both live in one ``TensorCache`` bounded by
+    ``cache_limit_mb``. Memory at 512 px: about 7 MB per support slice (frames and features;
+    positional encodings are shared), e.g. 2.8 GB for 10 supports x 40 slices, and about 0.2 MB
+    per prompted slice per query size. Each query draws its insertion positions from a fresh
+    ``default_rng(seed)``, so a query's result does not depend on which queries came before it
+    (resumable, shardable runs).
     """
 
     def __init__(
@@ -110,6 +124,7 @@ class TFFSSegmenter:
     ) -> None:
         self.predictor = predictor
         self.config = config
+        self.cache = TensorCache(int(config.cache_limit_mb * 2**20))
         if getattr(predictor, "fill_hole_area", 0):
             log.warning(
                 "predictor.fill_hole_area=%s alters SAM2's outputs; build it with "
@@ -151,10 +166,12 @@ class TFFSSegmenter:
                     support_masks=masks,
                     video_size=query_frames.size,
                     query_encoded=query_encoded,
-                    support_encoded=support.encoded,
                 )
+                if config.cache_encoder:
+                    inputs = self._with_support_caches(inputs, number)
                 for video in plan_videos(
-                    len(query_frames.tensor), nonempty, config.insertions, rng
+                    len(query_frames.tensor), nonempty, config.insertions, rng,
+                    config.insert_after_last,
                 ):
                     total += torch.sigmoid(propagate_video(predictor, video, inputs))
                     maps += 1
@@ -162,15 +179,28 @@ class TFFSSegmenter:
             raise ValueError("every support mask vanishes at the query's in-plane size")
         return _finish(total / maps, query_frames, config, counter, maps, started)
 
+    def _with_support_caches(self, inputs: VideoInputs, number: int) -> VideoInputs:
+        """``inputs`` with support ``number``'s encodings and prompt outputs, from the cache or
+        made now (once per query when the bound does not keep them)."""
+        predictor, batch_size = self.predictor, self.config.encoder_batch_size
+        encoded = self.cache.get(
+            ("encoded", number),
+            lambda: EncodedFrames.encode(predictor, inputs.support, batch_size),
+        )
+        prompts = self.cache.get(
+            ("prompts", number, inputs.video_size),
+            lambda: prompt_outputs(predictor, encoded, inputs.support_masks, inputs.video_size),
+        )
+        return replace(inputs, support_encoded=encoded, support_prompts=prompts)
+
 
 @dataclass
 class PreparedSupport:
     """One support volume as frames (N, 3, S, S) and masks (N, h, w) at its own in-plane size,
-    after ``support_stride``; ``encoded`` holds its encodings when caching."""
+    after ``support_stride``."""
 
     frames: torch.Tensor
     masks: np.ndarray
-    encoded: EncodedFrames | None
 
     @property
     def nonempty(self) -> np.ndarray:
@@ -181,7 +211,7 @@ class PreparedSupport:
 def prepare_support(
     predictor: torch.nn.Module, image: sitk.Image, mask: sitk.Image, config: TFFSConfig
 ) -> PreparedSupport | None:
-    """Frames, masks and (when caching) encodings of one support; None if its mask is empty."""
+    """Frames and masks of one support; None if its mask is empty."""
     if mask.GetSize() != image.GetSize():
         raise ValueError(
             f"support mask size {mask.GetSize()} differs from its image's {image.GetSize()}"
@@ -192,7 +222,7 @@ def prepare_support(
     frames, masks = support.tensor[keep], masks[keep]
     if not masks.any():
         return None
-    return PreparedSupport(frames, masks, _maybe_encode(predictor, frames, config))
+    return PreparedSupport(frames, masks)
 
 
 def segment_query(
@@ -203,19 +233,13 @@ def segment_query(
 ) -> FewShotResult:
     """Segment ``query`` from labelled ``supports`` (image, mask) pairs by random whole insert.
 
-    One-off form of ``TFFSSegmenter``; its encoder counts and seconds include the supports.
-    Supports whose mask is empty are skipped; ValueError when none is usable.
+    One-off form of ``TFFSSegmenter``: its counts include the supports (encoded at first use)
+    and its seconds their preparation. Supports whose mask is empty are skipped; ValueError when
+    none is usable.
     """
     started = time.perf_counter()
-    counter = EncoderCounter()
-    with counter.watching(predictor):
-        result = TFFSSegmenter(predictor, supports, config).segment(query)
-    return replace(
-        result,
-        encoder_frames=counter.frames,
-        encoder_calls=counter.calls,
-        seconds=time.perf_counter() - started,
-    )
+    result = TFFSSegmenter(predictor, supports, config).segment(query)
+    return replace(result, seconds=time.perf_counter() - started)
 
 
 def _maybe_encode(
@@ -240,8 +264,8 @@ def _finish(
     mask = largest_component(probability > config.threshold)
     seconds = time.perf_counter() - started
     log.info(
-        "few-shot query: %d maps, %d encoder frames in %d calls, %.1f s",
-        maps, counter.frames, counter.calls, seconds,
+        "few-shot query: %d maps, %d encoder frames in %d calls, %d memory-encoder calls, %.1f s",
+        maps, counter.frames, counter.calls, counter.memory_calls, seconds,
     )
     return FewShotResult(
         mask=mask.astype(np.uint8),
@@ -250,5 +274,6 @@ def _finish(
         maps=maps,
         encoder_frames=counter.frames,
         encoder_calls=counter.calls,
+        memory_encoder_calls=counter.memory_calls,
         seconds=seconds,
     )

@@ -4,6 +4,14 @@ For each (query, support) pair the method draws K insertion positions along the 
 and, at each, inserts the *whole* support volume as one contiguous block, making one video per
 position. Only the plan lives here (pure data, no torch), so frame order and prompt placement can
 be tested without a model.
+
+Insertion positions: the authors draw them from 0..Q-1 (insert before query slice p), so the block
+can open the video but never close it. We draw from 0..Q by default, so it may also follow the
+last query slice. Query slices before the block are reached only by the backward pass, those
+after it only by the forward pass. With 0..Q-1 the last query slice is always reached forward,
+while the first can be reached either way; with 0..Q the two ends are treated alike (reversing a
+query's slice order maps position p to Q - p), so the plan does not favour the end a scanner
+happens to store first. ``after_last=False`` gives the authors' range.
 """
 
 from __future__ import annotations
@@ -59,10 +67,13 @@ class InsertVideo:
         return ref.index
 
 
-def insertion_positions(num_query: int, count: int, rng: np.random.Generator) -> list[int]:
+def insertion_positions(
+    num_query: int, count: int, rng: np.random.Generator, after_last: bool = True
+) -> list[int]:
     """``count`` distinct positions in 0..num_query (insert before query slice p; p == num_query
-    appends), drawn without replacement and returned sorted. Fewer when there are fewer slots."""
-    slots = num_query + 1
+    appends), drawn without replacement and returned sorted. Fewer when there are fewer slots.
+    ``after_last=False`` draws from 0..num_query-1, the authors' range (see the module doc)."""
+    slots = num_query + 1 if after_last else num_query
     if count > slots:
         log.warning(
             "only %d insertion positions exist for %d query slices; using all", slots, num_query
@@ -93,10 +104,14 @@ def whole_insert_video(num_query: int, support_nonempty: np.ndarray, insert_at: 
 
 
 def plan_videos(
-    num_query: int, support_nonempty: np.ndarray, insertions: int, rng: np.random.Generator
+    num_query: int,
+    support_nonempty: np.ndarray,
+    insertions: int,
+    rng: np.random.Generator,
+    after_last: bool = True,
 ) -> list[InsertVideo]:
     """All whole-insert videos of one (query, support) pair: one per drawn insertion position."""
     return [
         whole_insert_video(num_query, support_nonempty, p)
-        for p in insertion_positions(num_query, insertions, rng)
+        for p in insertion_positions(num_query, insertions, rng, after_last)
     ]
