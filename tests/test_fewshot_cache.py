@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sslmedsam2.fewshot.cache import TensorCache, tensor_bytes
+from sslmedsam2.fewshot.tffs import TFFSConfig
 
 
 @dataclass
@@ -45,3 +46,5 @@ def test_a_value_larger_than_the_bound_is_returned_not_kept():
     assert value.shape == (8,) and len(cache) == 0 and cache.used_bytes == 0
     with pytest.raises(ValueError, match=">= 0"):
         TensorCache(limit_bytes=-1)
+    with pytest.raises(ValueError, match="cache_limit_mb"):
+        TFFSConfig(cache_limit_mb=-1)

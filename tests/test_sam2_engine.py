@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from sslmedsam2.engines import RuntimeOptions
-from sslmedsam2.engines.sam2 import Sam2Engine
+from sslmedsam2.engines.sam2 import Sam2Engine, torch_threads
 from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
 from sslmedsam2.fewshot.tffs import TFFSConfig
 from sslmedsam2.supports import find_supports
@@ -36,6 +36,15 @@ def test_segments_on_the_query_grid(example_dataset):
     assert segmentation.mask.shape == query.GetSize()[::-1]
     assert segmentation.uncertainty.shape == query.GetSize()[::-1]
     assert "sam2 tiny supports=" in segmentation.detail
+
+
+def test_thread_count_is_scoped():
+    threads = torch.get_num_threads()
+    with torch_threads(threads + 1):
+        assert torch.get_num_threads() == threads + 1
+    with torch_threads(None):
+        assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == threads
 
 
 def test_steps_aside_without_checkpoint(tmp_path, example_dataset):

@@ -26,8 +26,9 @@ from sslmedsam2.supports import Support, find_supports, load_support, same_vendo
 
 log = logging.getLogger(__name__)
 
-#: SAM2's CPU default: on a shared 2-core box one thread ran 2-4x faster than two whenever another
-#: job was running (fewshot/README.md, "Threads on CPU").
+#: SAM2's CPU default: on the shared 2-core box one thread ran 1.7-4x faster than two whenever
+#: another job was running, and two would gain at most about 1.8x on an idle one (fewshot/README.md,
+#: "Threads on CPU").
 CPU_THREADS = 1
 
 

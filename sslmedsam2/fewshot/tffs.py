@@ -109,9 +109,9 @@ class TFFSSegmenter:
     in-plane size), so with ``cache_encoder`` their encodings are made at first use and reused by
     every query, every insertion and both directions; the outputs of their prompted slices are
     reused by every query of the same in-plane size. Both live in one ``TensorCache`` bounded by
-    ``cache_limit_mb``. Memory at 512 px: about 7 MB per support slice (frames and features;
-    positional encodings are shared), e.g. 2.8 GB for 10 supports x 40 slices, and about 0.2 MB
-    per prompted slice per query size. Each query draws its insertion positions from a fresh
+    ``cache_limit_mb``. Memory at 512 px (measured): 7 MB per support slice (frames and
+    features) plus 21 MB per support (positional encodings, shared by its slices), e.g. 3 GB for
+    10 supports x 40 slices, and 0.2 MB per prompted slice per query size. Each query draws its insertion positions from a fresh
     ``default_rng(seed)``, so a query's result does not depend on which queries came before it
     (resumable, shardable runs).
     """
