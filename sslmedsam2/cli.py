@@ -106,7 +106,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                      help="nnU-Net configuration (2d, 3d_fullres, ...). Default: 3d_fullres on a "
                           "GPU, 2d on CPU when the weights hold one")
     how.add_argument("--threads", type=int, default=None,
-                     help="CPU threads for torch. Default: every CPU this process may use")
+                     help="CPU threads for torch. Default: every CPU this process may use for "
+                          "nnU-Net and atlas, 1 for SAM2 on CPU (faster on a shared box)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -162,14 +163,34 @@ def run_make_example(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from sslmedsam2.training import PROFILES, TrainingConfig, train_model
+    from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
+    from sslmedsam2.ssl.pipeline import run_ssl, run_summary_table
 
+    if args.print_config:
+        sys.stdout.write(TEMPLATE)
+        return 0
     setup_logging(args.verbose)
-    weights = args.weights or Path("weights")
-    target = train_model(TrainingConfig(
-        data_dir=args.data, weights_dir=weights, work_dir=args.work or Path("runs/nnunet"),
-        profile=PROFILES[args.profile], sequence=args.sequence[0], device=args.device))
-    log.info("model ready: %s", target)
+    overrides = {key: value for key, value in (
+        ("data.train", args.data and str(args.data.resolve())),
+        ("data.sequences", args.sequences and list(args.sequences)),
+        ("pseudo_labels.engine", args.engine),
+        ("intermediate.profile", args.profile), ("final.profile", args.profile),
+        ("loop.max_rounds", args.max_rounds), ("loop.device", args.device)) if value is not None}
+    if args.config is not None:
+        config = load_config(args.config, overrides)
+    elif args.data is None:
+        raise UsageError("train needs --config FILE (template: sslmedsam2 train --print-config) "
+                         "or at least --data DIR")
+    else:
+        raw: dict = {}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            raw.setdefault(section, {})[key] = value
+        config = build_config(raw, Path.cwd())
+    result = run_ssl(config, args.run, args.weights, progress=not args.quiet)
+    print(run_summary_table(result.records))
+    log.info("weights: %s (process.py --weights %s); report: %s", result.weights_dir,
+             result.weights_dir, result.report_dir)
     return 0
 
 
@@ -278,17 +299,35 @@ def build_parser() -> argparse.ArgumentParser:
     example.set_defaults(func=run_make_example)
 
     train = commands.add_parser(
-        "train", help="train nnU-Net on the labelled cases of a CARE-layout folder",
-        description="Supervised nnU-Net v2 training on every case with <SEQ> and mask_<SEQ>, "
-                    "exported to <weights>/nnunet/<SEQ>/. Profiles: cpu-quick (minutes on a CPU), "
-                    "tiny-test (seconds, mechanics only), paper (5-fold, nnU-Net defaults).")
-    train.add_argument("--data", type=Path, required=True, help="CARE-layout training folder")
-    train.add_argument("--weights", type=Path, default=None, help="weights folder (default ./weights)")
-    train.add_argument("--work", type=Path, default=None,
-                       help="nnU-Net work folder (raw/preprocessed/results). Default: runs/nnunet")
-    train.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default="cpu-quick")
-    train.add_argument("--sequence", type=_sequence_list, default=("GED4",))
-    train.add_argument("--device", default="auto")
+        "train", help="the semi-supervised loop: few-shot pseudo labels, then nnU-Net rounds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="SSL-MedSAM2's FSL-nnUNet branch on a CARE training folder: round 0 pseudo "
+                    "labels for the unlabelled cases (atlas or SAM2 few-shot), then nnU-Net trained "
+                    "on labelled + pseudo labels, whose predictions become the next round's pseudo "
+                    "labels until they stop changing; the final model is exported to --weights "
+                    "with a manifest, ready for process.py.\n\n"
+                    "Every choice is in the config file (sslmedsam2 train --print-config > ssl.toml). "
+                    "Resumable: run the same command again after an interruption and it continues "
+                    "from the last finished step.",
+        epilog="example: sslmedsam2 train --config ssl.toml --run runs/ssl")
+    train.add_argument("--config", type=Path, default=None,
+                       help="TOML config (default: the template's defaults; --data is then needed)")
+    train.add_argument("--run", type=Path, default=Path("runs/ssl"),
+                       help="run folder: state, rounds, report (default runs/ssl)")
+    train.add_argument("--weights", type=Path, default=None,
+                       help="where to export the final weights (default <run>/weights)")
+    train.add_argument("--data", type=Path, default=None, help="override [data] train")
+    train.add_argument("--sequences", type=_sequence_list, default=None,
+                       help="override [data] sequences, e.g. GED4,T1")
+    train.add_argument("--engine", choices=["atlas", "sam2", "none"], default=None,
+                       help="override [pseudo_labels] engine (none: labelled-only nnU-Net)")
+    train.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default=None,
+                       help="override the training profile of every round")
+    train.add_argument("--max-rounds", type=int, default=None, help="override [loop] max_rounds")
+    train.add_argument("--device", default=None, help="override [loop] device (auto, cpu, cuda)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the annotated config template and exit")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.add_argument("-v", "--verbose", action="store_true")
     train.set_defaults(func=run_train)
 

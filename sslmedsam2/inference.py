@@ -18,6 +18,7 @@ from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
 from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask, write_text_atomic
 from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
+from sslmedsam2.manifest import verify_manifest
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.sequences import GED4
@@ -85,6 +86,13 @@ def run_inference(settings: InferenceSettings) -> RunSummary:
     except SSLMedSAM2Error as exc:
         log.error("%s", exc)
         summary = RunSummary(layout="unknown", fatal=str(exc))
+        write_summary(summary, settings)
+        return summary
+    try:
+        verify_manifest(settings.weights_dir)
+    except SSLMedSAM2Error as exc:
+        log.error("%s", exc)
+        summary = RunSummary(layout=plan.name, fatal=str(exc))
         write_summary(summary, settings)
         return summary
     threads = configure_threads(settings.runtime.threads)

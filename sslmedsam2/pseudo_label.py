@@ -21,6 +21,7 @@ from tqdm import tqdm
 from sslmedsam2.engines.base import Engine
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.io import read_volume, volume_stem, volume_suffix, write_map, write_mask
+from sslmedsam2.postprocess import largest_component
 from sslmedsam2.sequences import GED4
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,20 @@ def outputs_of(out_dir: Path, query: Query, sequence: str) -> tuple[Path, Path]:
 
 
 def pseudo_label(engine: Engine, queries: list[Query], out_dir: Path, sequence: str = GED4,
-                 shard: Shard = Shard(), progress: bool = True) -> list[dict]:
-    """Label every query of this shard not labelled yet; returns one record per case."""
+                 shard: Shard = Shard(), progress: bool = True,
+                 largest_only: bool = False) -> list[dict]:
+    """Label every query of this shard not labelled yet; returns one record per case.
+
+    ``largest_only`` keeps the largest connected component, as ``process.py`` does (the few-shot
+    engines already do; nnU-Net predictions do not).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / f"pseudo_labels.shard-{shard.index}-of-{shard.count}.jsonl"
     records = []
     selected = shard.select(queries)
     for query in tqdm(selected, desc=f"pseudo labels ({engine.name})", unit="case",
                       file=sys.stderr, disable=not progress):
-        record = _label_one(engine, query, out_dir, sequence)
+        record = _label_one(engine, query, out_dir, sequence, largest_only)
         records.append(record)
         if record["status"] != "skipped":
             with journal.open("a") as handle:
@@ -88,7 +94,8 @@ def pseudo_label(engine: Engine, queries: list[Query], out_dir: Path, sequence: 
     return records
 
 
-def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str) -> dict:
+def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str,
+               largest_only: bool) -> dict:
     mask_path, uncertainty_path = outputs_of(out_dir, query, sequence)
     record = {"case": query.case, "sequence": sequence, "engine": engine.name,
               "input": str(query.image), "status": "ok", "seconds": 0.0}
@@ -102,7 +109,8 @@ def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str) -> di
         segmentation = engine.segment(image, sequence, vendor=query.vendor)
         if segmentation.uncertainty is not None:
             write_map(segmentation.uncertainty, image, uncertainty_path)
-        write_mask(segmentation.mask, image, mask_path)  # last: its presence marks the case done
+        mask = largest_component(segmentation.mask) if largest_only else segmentation.mask
+        write_mask(mask, image, mask_path)  # last: its presence marks the case done
         record["detail"] = segmentation.detail
     except SSLMedSAM2Error as exc:
         record["status"], record["error"] = "error", str(exc)

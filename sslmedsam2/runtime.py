@@ -48,3 +48,18 @@ def quiet_stdout() -> Iterator[None]:
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         yield
+
+
+@contextlib.contextmanager
+def scoped_environ(**values: str) -> Iterator[None]:
+    """Set environment variables for a block only (nnU-Net reads its settings from there)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

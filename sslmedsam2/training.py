@@ -3,8 +3,10 @@
 Uses nnU-Net's own API end to end (fingerprint, plan, preprocess, nnUNetTrainer) inside a private
 work folder; only the epoch/iteration counts and, for the CPU profile, the network width are
 changed, through the trainer's attributes and the plans file (nnU-Net's configuration points).
-The exported folder uses the stock ``nnUNetTrainer`` name, so any nnU-Net install can load it.
-The semi-supervised loop (pseudo labels, rounds) builds on :func:`train_model`.
+Light profiles use the short-schedule trainer in ``sslmedsam2/nnunet_trainers`` (found by nnU-Net
+through ``nnUNet_extTrainer``) and a small VRAM target at planning, which makes nnU-Net's planner
+choose a small patch and a matching network. The semi-supervised loop (``sslmedsam2.ssl``) calls
+:func:`fit_nnunet` once per round.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ import SimpleITK as sitk
 
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_image_atomic
-from sslmedsam2.runtime import available_cpus, configure_threads, quiet_stdout, resolve_device
+from sslmedsam2.nnunet_trainers import trainer_search_path
+from sslmedsam2.runtime import (available_cpus, configure_threads, quiet_stdout, resolve_device,
+                                scoped_environ)
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
 
 log = logging.getLogger(__name__)
 
-TRAINER = "nnUNetTrainer"
+CPU_TRAINER = "nnUNetTrainerSSLCPU"
+#: nnU-Net's ``ignore`` label value in our two-class datasets (it must be the highest label).
+IGNORE_LABEL = 2
 
 
 @dataclass(frozen=True)
@@ -44,17 +50,28 @@ class TrainingProfile:
     val_iterations_per_epoch: int
     #: Divide nnU-Net's planned features per stage by this (1 = stock network).
     width_divisor: int = 1
+    #: nnU-Net trainer class (stock, or one in ``sslmedsam2/nnunet_trainers``).
+    trainer: str = "nnUNetTrainer"
+    #: VRAM target handed to nnU-Net's planner; smaller means a smaller patch (None: its default).
+    vram_target_gb: float | None = None
     description: str = ""
+
+    @property
+    def model_folder_name(self) -> str:
+        return f"{self.trainer}__nnUNetPlans__{self.configuration}"
 
 
 PROFILES: dict[str, TrainingProfile] = {
     "cpu-quick": TrainingProfile(
         name="cpu-quick", configuration="3d_fullres", folds=("all",), epochs=25,
-        iterations_per_epoch=12, val_iterations_per_epoch=2, width_divisor=4,
-        description="minutes on 2 CPU cores: 1 model on all cases, 300 iterations, 1/4 width"),
+        iterations_per_epoch=12, val_iterations_per_epoch=2, width_divisor=4, trainer=CPU_TRAINER,
+        vram_target_gb=2.0,
+        description="minutes on 2 CPU cores: 1 model on all cases, 300 iterations, 1/4 width, "
+                    "small patch"),
     "tiny-test": TrainingProfile(
         name="tiny-test", configuration="3d_fullres", folds=("all",), epochs=2,
-        iterations_per_epoch=3, val_iterations_per_epoch=1, width_divisor=8,
+        iterations_per_epoch=3, val_iterations_per_epoch=1, width_divisor=8, trainer=CPU_TRAINER,
+        vram_target_gb=1.0,
         description="seconds: checks the mechanics only, not a usable model"),
     "paper": TrainingProfile(
         name="paper", configuration="3d_fullres", folds=("0", "1", "2", "3", "4"), epochs=1000,
@@ -78,35 +95,26 @@ class TrainingConfig:
 
 
 @contextlib.contextmanager
-def scoped_environ(**values: str) -> Iterator[None]:
-    """Set environment variables for a block only (nnU-Net reads its settings from there)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def nnunet_environment(work_dir: Path) -> Iterator[dict[str, Path]]:
-    """nnU-Net's three folders under ``work_dir``, and no torch.compile (slow and fragile on CPU)."""
+    """nnU-Net's three folders under ``work_dir``, our trainers on its search path, and no
+    torch.compile (slow and fragile on CPU)."""
     paths = {name: Path(work_dir) / name
              for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for path in paths.values():
         path.mkdir(parents=True, exist_ok=True)
     with scoped_environ(**{k: str(v) for k, v in paths.items()},
-                        nnUNet_compile=os.environ.get("nnUNet_compile", "f")):
+                        nnUNet_compile=os.environ.get("nnUNet_compile", "f"),
+                        nnUNet_extTrainer=trainer_search_path(os.environ.get("nnUNet_extTrainer"))):
         yield paths
 
 
 def write_raw_dataset(cases: list[Support], raw_root: Path, dataset_name: str,
-                      sequence: str) -> Path:
-    """nnU-Net raw folder (imagesTr/labelsTr/dataset.json); masks are checked against their image."""
+                      sequence: str, ignore: bool = False) -> Path:
+    """nnU-Net raw folder (imagesTr/labelsTr/dataset.json); masks are checked against their image.
+
+    Masks are binarised, except with ``ignore``: then value ``IGNORE_LABEL`` is kept as nnU-Net's
+    ignore label (voxels that contribute no loss).
+    """
     folder = raw_root / dataset_name
     shutil.rmtree(folder, ignore_errors=True)
     for case in cases:
@@ -115,11 +123,15 @@ def write_raw_dataset(cases: list[Support], raw_root: Path, dataset_name: str,
         if mask.GetSize() != image.GetSize():
             raise InputError(case.mask, f"mask size {mask.GetSize()} differs from image size "
                              f"{image.GetSize()} ({case.image.name})")
-        mask = sitk.Cast(mask > 0, sitk.sitkUInt8)
+        if ignore:
+            mask = sitk.Cast(sitk.Clamp(mask, sitk.sitkInt32, 0, IGNORE_LABEL), sitk.sitkUInt8)
+        else:
+            mask = sitk.Cast(mask > 0, sitk.sitkUInt8)
         mask.CopyInformation(image)  # tiny header differences must not fail nnU-Net's checks
         write_image_atomic(image, folder / "imagesTr" / f"{case.case}_0000.nii.gz")
         write_image_atomic(mask, folder / "labelsTr" / f"{case.case}.nii.gz")
-    dataset = {"channel_names": {"0": f"MRI_{sequence}"}, "labels": {"background": 0, "liver": 1},
+    labels = {"background": 0, "liver": 1, **({"ignore": IGNORE_LABEL} if ignore else {})}
+    dataset = {"channel_names": {"0": f"MRI_{sequence}"}, "labels": labels,
                "numTraining": len(cases), "file_ending": ".nii.gz",
                "name": dataset_name, "description": f"sslmedsam2 {sequence} liver"}
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
@@ -137,7 +149,7 @@ def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes
     with quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=str(max(1, num_processes))):
         extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True,
                              verbose=False, show_progress_bar=False)
-        plan_experiments([dataset_id])
+        plan_experiments([dataset_id], gpu_memory_target_in_gb=profile.vram_target_gb)
     plans_file = Path(nnUNet_preprocessed.require()) / convert_id_to_dataset_name(dataset_id) / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
     if profile.width_divisor > 1:
@@ -152,11 +164,12 @@ def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes
 
 def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProfile, device) -> Path:
     """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    with quiet_stdout():  # the trainer announces its device on stdout
+    with quiet_stdout():  # the trainer lookup and the trainer announce themselves on stdout
+        trainer_class = recursive_find_trainer_class_by_name(profile.trainer)
         # nnU-Net 2.8 passes the resume flag inside the plans dict
-        trainer = nnUNetTrainer(plans={**plans, "continue_training": False},
+        trainer = trainer_class(plans={**plans, "continue_training": False},
                                 configuration=profile.configuration,
                                 fold=fold if fold == "all" else int(fold), dataset_json=dataset_json,
                                 device=device)
@@ -191,6 +204,53 @@ def export_model(model_folder: Path, weights_dir: Path, sequence: str, folds: tu
     return target
 
 
+_DONE = ".sslmedsam2-done"
+
+
+def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, sequence: str,
+               dataset_id: int, device, num_processes: int, ignore: bool = False) -> Path:
+    """Raw dataset -> plan/preprocess -> every fold of ``profile``; returns the model folder.
+
+    Resumable: each finished step leaves a marker, and a rerun with the same ``work_dir`` skips
+    marked steps (a fold interrupted mid-training is retrained from scratch). Redoing an early
+    step clears the markers after it.
+    """
+    work_dir = Path(work_dir)
+    dataset_name = f"Dataset{dataset_id:03d}_SSL{sequence}"
+    with nnunet_environment(work_dir) as paths:
+        model_folder = paths["nnUNet_results"] / dataset_name / profile.model_folder_name
+        raw_done, plan_done = work_dir / f"{_DONE}-raw", work_dir / f"{_DONE}-plan"
+        if not raw_done.is_file():
+            plan_done.unlink(missing_ok=True)
+            shutil.rmtree(model_folder, ignore_errors=True)
+            write_raw_dataset(cases, paths["nnUNet_raw"], dataset_name, sequence, ignore=ignore)
+            raw_done.touch()
+        if not plan_done.is_file():
+            shutil.rmtree(model_folder, ignore_errors=True)
+            plan_and_preprocess(dataset_id, profile, num_processes)
+            plan_done.touch()
+        plans = json.loads((paths["nnUNet_preprocessed"] / dataset_name / "nnUNetPlans.json").read_text())
+        dataset_json = json.loads((paths["nnUNet_raw"] / dataset_name / "dataset.json").read_text())
+        for fold in profile.folds:
+            marker = model_folder / f"fold_{fold}" / _DONE
+            if marker.is_file():
+                log.info("%s fold %s already trained (%s)", sequence, fold, model_folder)
+                continue
+            shutil.rmtree(model_folder / f"fold_{fold}", ignore_errors=True)
+            started = time.perf_counter()
+            train_fold(plans, dataset_json, fold, profile, device)
+            marker.touch()
+            log.info("%s fold %s trained in %.0f s", sequence, fold, time.perf_counter() - started)
+    return model_folder
+
+
+def check_folds(profile: TrainingProfile, n_cases: int, where: object) -> None:
+    """Cross-validation folds need at least 5 cases; say so before any work is done."""
+    if n_cases < 5 and any(f != "all" for f in profile.folds):
+        raise SSLMedSAM2Error(f"profile {profile.name} trains cross-validation folds, which need >= 5 "
+                              f"training cases; {where} has {n_cases}")
+
+
 def train_model(config: TrainingConfig) -> Path:
     """Labelled cases -> trained nnU-Net -> exported model folder (returned)."""
     cases = find_supports(config.data_dir, config.sequence)
@@ -198,24 +258,14 @@ def train_model(config: TrainingConfig) -> Path:
         raise SSLMedSAM2Error(f"{config.data_dir}: no labelled {config.sequence} cases "
                               f"(expected <case>/{config.sequence}.nii.gz with mask_{config.sequence}.nii.gz)")
     profile = config.profile
-    if len(cases) < 5 and any(f != "all" for f in profile.folds):
-        raise SSLMedSAM2Error(f"profile {profile.name} trains cross-validation folds, which need >= 5 "
-                              f"labelled cases; {config.data_dir} has {len(cases)}")
+    check_folds(profile, len(cases), config.data_dir)
     device = resolve_device(config.device)
     configure_threads(None)
     started = time.perf_counter()
-    dataset_name = f"Dataset{config.dataset_id:03d}_CARE{config.sequence}"
-    with nnunet_environment(config.work_dir) as paths:
-        write_raw_dataset(cases, paths["nnUNet_raw"], dataset_name, config.sequence)
-        log.info("training %s on %d labelled case(s), profile %s (%s), device %s", config.sequence,
-                 len(cases), profile.name, profile.description, device)
-        plans = plan_and_preprocess(config.dataset_id, profile, config.num_processes)
-        dataset_json = json.loads((paths["nnUNet_raw"] / dataset_name / "dataset.json").read_text())
-        model_folder = None
-        for fold in profile.folds:
-            fold_started = time.perf_counter()
-            model_folder = train_fold(plans, dataset_json, fold, profile, device)
-            log.info("fold %s trained in %.0f s", fold, time.perf_counter() - fold_started)
+    log.info("training %s on %d labelled case(s), profile %s (%s), device %s", config.sequence,
+             len(cases), profile.name, profile.description, device)
+    model_folder = fit_nnunet(cases, config.work_dir, profile, config.sequence, config.dataset_id,
+                              device, config.num_processes)
     provenance = {"profile": asdict(profile), "cases": [c.case for c in cases],
                   "data_dir": str(config.data_dir), "device": str(device),
                   "seconds": round(time.perf_counter() - started, 1)}

@@ -12,6 +12,7 @@ one fold (``all`` when present), no TTA, and a 2d model when one exists; the log
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ import SimpleITK as sitk
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
-from sslmedsam2.runtime import quiet_stdout, resolve_device
+from sslmedsam2.postprocess import binary_entropy
+from sslmedsam2.nnunet_trainers import trainer_search_path
+from sslmedsam2.runtime import quiet_stdout, resolve_device, scoped_environ
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +66,17 @@ def discover_models(weights_dir: Path, sequence: str) -> list[ModelFolder]:
     root = sequence_dir(weights_dir, sequence)
     if not root.is_dir():
         return []
-    models = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        parts = folder.name.split("__")
-        folds = tuple(sorted(f.name.removeprefix("fold_") for f in folder.glob("fold_*")
-                             if (f / CHECKPOINT).is_file()))
-        if len(parts) == 3 and folds:
-            models.append(ModelFolder(path=folder, configuration=parts[2], folds=folds))
-    return models
+    found = (model_folder(p) for p in sorted(root.iterdir()) if p.is_dir())
+    return [m for m in found if m.folds and m.configuration]
+
+
+def model_folder(folder: Path) -> ModelFolder:
+    """``<Trainer>__<Plans>__<configuration>`` and its finished folds (empty when not a model)."""
+    parts = Path(folder).name.split("__")
+    folds = tuple(sorted(f.name.removeprefix("fold_") for f in Path(folder).glob("fold_*")
+                         if (f / CHECKPOINT).is_file()))
+    return ModelFolder(path=Path(folder), configuration=parts[2] if len(parts) == 3 else "",
+                       folds=folds)
 
 
 def choose_model(models: list[ModelFolder], options: RuntimeOptions, on_gpu: bool) -> ModelChoice:
@@ -106,18 +112,31 @@ def choose_model(models: list[ModelFolder], options: RuntimeOptions, on_gpu: boo
 
 
 class NnUNetEngine:
-    """One nnUNetPredictor per sequence, created on first use and reused for every case."""
+    """One nnUNetPredictor per sequence, created on first use and reused for every case.
+
+    ``models`` pins a model folder per sequence (the training loop predicts with each round's
+    model in place); otherwise models are found in ``weights_dir``. ``with_uncertainty`` also
+    returns the binary entropy of the ensemble's liver probability (pseudo-label rounds).
+    """
 
     name = "nnunet"
 
-    def __init__(self, weights_dir: Path, options: RuntimeOptions) -> None:
+    def __init__(self, weights_dir: Path, options: RuntimeOptions,
+                 models: dict[str, Path] | None = None, with_uncertainty: bool = False) -> None:
         self.weights_dir = Path(weights_dir)
         self.options = options
+        self.models = dict(models or {})
+        self.with_uncertainty = with_uncertainty
         self._loaded: dict[str, tuple[object, ModelChoice]] = {}
         self._device = None
 
+    def _models(self, sequence: str) -> list[ModelFolder]:
+        if sequence in self.models:
+            return [model_folder(self.models[sequence])]
+        return discover_models(self.weights_dir, sequence)
+
     def can_segment(self, sequence: str) -> bool:
-        return bool(discover_models(self.weights_dir, sequence))
+        return bool(self._models(sequence))
 
     def missing(self, sequence: str) -> str:
         return (f"an nnU-Net model for {sequence} at {sequence_dir(self.weights_dir, sequence)}/"
@@ -130,9 +149,16 @@ class NnUNetEngine:
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         predictor, choice = self._predictor(sequence)
         spacing_zyx = list(image.GetSpacing())[::-1]
-        seg = predictor.predict_single_npy_array(volume_array(image)[None], {"spacing": spacing_zyx})
+        properties = {"spacing": spacing_zyx}
+        uncertainty = None
+        if self.with_uncertainty:
+            seg, probabilities = predictor.predict_single_npy_array(
+                volume_array(image)[None], properties, save_or_return_probabilities=True)
+            uncertainty = binary_entropy(np.asarray(probabilities[1], dtype=np.float32))
+        else:
+            seg = predictor.predict_single_npy_array(volume_array(image)[None], properties)
         patches = sliding_window_patches(predictor, image.GetSize()[::-1], spacing_zyx)
-        return Segmentation(mask=(np.asarray(seg) > 0).astype(np.uint8),
+        return Segmentation(mask=(np.asarray(seg) == 1).astype(np.uint8), uncertainty=uncertainty,
                             detail=f"{choice.describe()} patches={patches}")
 
     def _predictor(self, sequence: str):
@@ -143,7 +169,7 @@ class NnUNetEngine:
     def _load(self, sequence: str):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        models = discover_models(self.weights_dir, sequence)
+        models = self._models(sequence)
         if not models:
             raise WeightsError(f"missing weights: expected {self.missing(sequence)}")
         if self._device is None:
@@ -152,7 +178,10 @@ class NnUNetEngine:
         choice = choose_model(models, self.options, on_gpu)
         started = time.perf_counter()
         try:
-            with quiet_stdout():  # the predictor prints a notice whenever it is not on CUDA
+            # quiet: the predictor prints a notice whenever it is not on CUDA; the search path
+            # lets it find trainers shipped with sslmedsam2 (the CPU schedule)
+            search_path = trainer_search_path(os.environ.get("nnUNet_extTrainer"))
+            with quiet_stdout(), scoped_environ(nnUNet_extTrainer=search_path):
                 predictor = nnUNetPredictor(use_mirroring=choice.tta, perform_everything_on_device=on_gpu,
                                             device=self._device, verbose=False, allow_tqdm=False)
                 predictor.initialize_from_trained_model_folder(

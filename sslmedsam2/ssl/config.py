@@ -1,0 +1,246 @@
+"""The semi-supervised run's configuration: a TOML file, every choice explicit, defaults documented.
+
+``sslmedsam2 train --print-config`` writes the annotated template (``TEMPLATE``); a run folder keeps
+both the file it was started with and the resolved configuration (``config.json``), so a rerun
+with a different file is refused instead of silently mixing two experiments.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sslmedsam2.errors import UsageError
+from sslmedsam2.sequences import CARE_SEQUENCES, GED4
+from sslmedsam2.training import PROFILES, TrainingProfile
+
+ENGINES = ("atlas", "sam2", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cases are. ``train``: CARE training root (``Vendor_X/<case>/<SEQ>.nii.gz``, GED4
+    masks as ``mask_GED4.nii.gz`` for the labelled cases). ``holdout_images`` / ``holdout_labels``:
+    an optional labelled split (CARE input layout and ``mask_<SEQ>`` ground truth) scored after
+    every round and never trained on."""
+
+    train: Path
+    sequences: tuple[str, ...] = (GED4,)
+    holdout_images: Path | None = None
+    holdout_labels: Path | None = None
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Round 0 and the filtering of every round's pseudo labels before training.
+
+    ``engine``: atlas (weight-free registration), sam2 (TFFS-MedSAM2, needs ``checkpoint``) or none
+    (train on the labelled cases only: the supervised baseline). ``ignore_uncertainty_above``:
+    voxels whose binary entropy (bits, 0..1) exceeds it become nnU-Net's ``ignore`` label (None:
+    off). Whole cases are dropped when their pseudo label is empty, smaller than ``min_volume_ml``,
+    or has more than ``max_components`` connected components of at least 1 ml (None: no limit).
+    """
+
+    engine: str = "atlas"
+    checkpoint: Path | None = None
+    setting: str = "auto"
+    max_supports: int | None = None
+    ignore_uncertainty_above: float | None = None
+    min_volume_ml: float = 50.0
+    max_components: int | None = 3
+    largest_component: bool = True
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """One nnU-Net training: a named profile (``training.PROFILES``) and optional overrides.
+
+    ``folds``: "auto" (5-fold when there are >= 5 training cases, else "all") or a list.
+    """
+
+    profile: str = "cpu-quick"
+    configuration: str | None = None
+    folds: str | tuple[str, ...] = "auto"
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    val_iterations_per_epoch: int | None = None
+    trainer: str | None = None
+    vram_target_gb: float | None = None
+    width_divisor: int | None = None
+
+    def resolve(self, n_cases: int) -> TrainingProfile:
+        """The concrete nnU-Net profile for a training set of ``n_cases`` cases."""
+        base = PROFILES[self.profile]
+        overrides = {name: getattr(self, name) for name in (
+            "configuration", "epochs", "iterations_per_epoch", "val_iterations_per_epoch",
+            "trainer", "vram_target_gb", "width_divisor") if getattr(self, name) is not None}
+        if self.folds == "auto":
+            folds = tuple(str(f) for f in range(5)) if n_cases >= 5 else ("all",)
+        else:
+            folds = tuple(str(f) for f in self.folds)
+        return replace(base, folds=folds, **overrides)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """When to stop, and the run's seed and device. A round's "change" is the mean Dice between
+    its pseudo labels and the previous round's; the loop stops once it reaches
+    ``convergence_dice`` or after ``max_rounds`` nnU-Net rounds."""
+
+    max_rounds: int = 3
+    convergence_dice: float = 0.98
+    seed: int = 0
+    device: str = "auto"
+    dataset_id: int = 600
+    montage_cases: int = 2
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """Everything a run needs. ``intermediate`` trains rounds 1..N; ``final`` trains the deployed
+    model on the last pseudo labels (skipped, reusing the last round's model, when identical)."""
+
+    data: DataConfig
+    pseudo_labels: PseudoLabelConfig = PseudoLabelConfig()
+    intermediate: ScheduleConfig = ScheduleConfig()
+    final: ScheduleConfig = ScheduleConfig()
+    loop: LoopConfig = LoopConfig()
+    source: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, paths as strings, without the file it came from."""
+        out = asdict(self)
+        out.pop("source")
+        return _jsonable(out)
+
+
+def check_config(config: SSLConfig) -> None:
+    """One clear message per bad value, before any work starts."""
+    problems = []
+    unknown = [s for s in config.data.sequences if s not in CARE_SEQUENCES]
+    if unknown or not config.data.sequences:
+        problems.append(f"data.sequences: {list(config.data.sequences)} (choose from {list(CARE_SEQUENCES)})")
+    if (config.data.holdout_images is None) != (config.data.holdout_labels is None):
+        problems.append("data.holdout_images and data.holdout_labels go together")
+    labels = config.pseudo_labels
+    if labels.engine not in ENGINES:
+        problems.append(f"pseudo_labels.engine: {labels.engine!r} (choose from {', '.join(ENGINES)})")
+    if labels.engine == "sam2" and labels.checkpoint is None:
+        problems.append("pseudo_labels.engine = 'sam2' needs pseudo_labels.checkpoint")
+    if labels.engine == "none" and any(s != GED4 for s in config.data.sequences):
+        problems.append("pseudo_labels.engine = 'none' trains on labels only: only GED4 has labels")
+    if labels.ignore_uncertainty_above is not None and not 0 < labels.ignore_uncertainty_above < 1:
+        problems.append("pseudo_labels.ignore_uncertainty_above must lie in (0, 1) bits")
+    for name in ("intermediate", "final"):
+        if getattr(config, name).profile not in PROFILES:
+            problems.append(f"{name}.profile: {getattr(config, name).profile!r} "
+                            f"(choose from {', '.join(PROFILES)})")
+    if config.loop.max_rounds < 0 or not 0 < config.loop.convergence_dice <= 1:
+        problems.append("loop.max_rounds must be >= 0 and loop.convergence_dice in (0, 1]")
+    if problems:
+        where = f"{config.source}: " if config.source else ""
+        raise UsageError(where + "; ".join(problems))
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> SSLConfig:
+    """Parse the TOML file; relative paths are relative to the file. ``overrides`` maps
+    ``section.key`` to a value (from the command line), relative to the working directory."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the config ({exc})") from None
+    base = path.resolve().parent
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return build_config(raw, base, source=path)
+
+
+_SECTIONS = {"data": DataConfig, "pseudo_labels": PseudoLabelConfig, "intermediate": ScheduleConfig,
+             "final": ScheduleConfig, "loop": LoopConfig}
+_PATHS = {("data", "train"), ("data", "holdout_images"), ("data", "holdout_labels"),
+          ("pseudo_labels", "checkpoint")}
+_TUPLES = {("data", "sequences"), ("intermediate", "folds"), ("final", "folds")}
+
+
+def build_config(raw: dict[str, Any], base: Path, source: Path | None = None) -> SSLConfig:
+    """An ``SSLConfig`` from parsed TOML; unknown sections or keys are errors, not ignored."""
+    where = f"{source}: " if source else ""
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise UsageError(f"{where}unknown section(s) {unknown} (known: {list(_SECTIONS)})")
+    if "train" not in raw.get("data", {}):
+        raise UsageError(f"{where}[data] train = '<CARE training folder>' is required")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = dict(raw.get(name, {}))
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(values) - known)
+        if extra:
+            raise UsageError(f"{where}[{name}] unknown key(s) {extra} (known: {sorted(known)})")
+        for key, value in list(values.items()):
+            if (name, key) in _PATHS and value not in (None, ""):
+                values[key] = (base / Path(value).expanduser()).resolve()
+            elif (name, key) in _PATHS:
+                values[key] = None
+            elif (name, key) in _TUPLES and not isinstance(value, str):
+                values[key] = tuple(str(v) for v in value)
+            elif key in ("max_supports", "max_components", "ignore_uncertainty_above") and value in (0, ""):
+                values[key] = None  # TOML has no null: 0 means "off"
+        sections[name] = cls(**values)
+    return SSLConfig(**sections, source=source)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+TEMPLATE = """\
+# sslmedsam2 semi-supervised training (SSL-MedSAM2's FSL-nnUNet branch).
+# Relative paths are relative to this file. 0 switches the optional limits off.
+
+[data]
+train = "data/train"              # CARE training root: Vendor_X/<case>/GED4.nii.gz (+ mask_GED4.nii.gz)
+sequences = ["GED4"]              # also e.g. "T1": trained on cross-sequence pseudo labels
+# holdout_images = "data/test/input"        # optional labelled split, scored every round
+# holdout_labels = "data/ground_truth/test" # (Vendor_X/<case>/mask_<SEQ>.nii.gz)
+
+[pseudo_labels]
+engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
+# checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only
+setting = "auto"                  # sam2: auto | paper | cpu-practical
+max_supports = 0                  # 0: every labelled case of the query's vendor
+ignore_uncertainty_above = 0      # bits (0..1); voxels above become nnU-Net's ignore label
+min_volume_ml = 50.0              # drop cases whose pseudo label is smaller
+max_components = 3                # drop cases with more components (>= 1 ml) than this
+largest_component = true          # keep only the largest component of kept pseudo labels
+
+[intermediate]                    # rounds 1..N
+profile = "cpu-quick"             # cpu-quick | tiny-test | paper (see training.PROFILES)
+folds = "auto"                    # auto: 5-fold with >= 5 cases, else ["all"]
+# configuration = "3d_fullres"    # overrides: configuration, folds, epochs,
+# epochs = 10                     # iterations_per_epoch, val_iterations_per_epoch,
+# iterations_per_epoch = 10       # trainer, vram_target_gb, width_divisor
+
+[final]                           # the deployed model, on the last round's pseudo labels
+profile = "cpu-quick"
+folds = "auto"
+
+[loop]
+max_rounds = 3                    # nnU-Net rounds after round 0
+convergence_dice = 0.98           # stop when successive pseudo labels agree this much (mean Dice)
+seed = 0
+device = "auto"                   # auto | cpu | cuda
+dataset_id = 600                  # nnU-Net dataset ids used: dataset_id + round
+montage_cases = 2                 # overlay pictures, round by round
+"""

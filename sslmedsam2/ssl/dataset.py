@@ -1,0 +1,105 @@
+"""A round's training set: labelled cases with their masks, unlabelled cases with filtered pseudo labels.
+
+Pseudo labels are judged before they teach anything: an empty, tiny or fragmented label is more
+likely a failure of the labeller than a small liver, so the whole case is left out (and the report
+says why). Kept labels may lose their uncertain voxels to nnU-Net's ``ignore`` label, which then
+contributes no loss: the network is not trained towards what the labeller was unsure of.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from sslmedsam2.io import write_image_atomic
+from sslmedsam2.postprocess import largest_component
+from sslmedsam2.ssl.config import PseudoLabelConfig
+from sslmedsam2.supports import Support
+from sslmedsam2.training import IGNORE_LABEL
+
+log = logging.getLogger(__name__)
+
+#: Components smaller than this do not count as fragments (speckle is common and harmless).
+COMPONENT_MIN_ML = 1.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a case's pseudo label was used, and the figures that decided it."""
+
+    case: str
+    kept: bool
+    reason: str
+    volume_ml: float
+    components: int
+    ignored_fraction: float = 0.0
+
+
+def judge(mask: sitk.Image, config: PseudoLabelConfig, case: str) -> Verdict:
+    """Keep or drop a pseudo label by its volume and its number of sizeable components."""
+    voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+    volume_ml = float(sitk.GetArrayViewFromImage(binary).sum()) * voxel_ml
+    min_voxels = max(1, int(round(COMPONENT_MIN_ML / voxel_ml)))
+    relabelled = sitk.RelabelComponent(sitk.ConnectedComponent(binary, True),
+                                       minimumObjectSize=min_voxels)
+    components = int(sitk.GetArrayViewFromImage(relabelled).max())
+    if volume_ml == 0:
+        return Verdict(case, False, "empty", 0.0, 0)
+    if volume_ml < config.min_volume_ml:
+        return Verdict(case, False, f"{volume_ml:.0f} ml < {config.min_volume_ml:g} ml",
+                       volume_ml, components)
+    if config.max_components is not None and components > config.max_components:
+        return Verdict(case, False, f"{components} components > {config.max_components}",
+                       volume_ml, components)
+    return Verdict(case, True, "ok", volume_ml, components)
+
+
+def training_label(mask: sitk.Image, uncertainty: sitk.Image | None,
+                   config: PseudoLabelConfig) -> tuple[sitk.Image, float]:
+    """The label nnU-Net trains on (0/1, and ``IGNORE_LABEL`` on uncertain voxels) and the
+    fraction of voxels ignored."""
+    array = sitk.GetArrayFromImage(mask) > 0
+    if config.largest_component:
+        array = largest_component(array)
+    label = array.astype(np.uint8)
+    ignored = 0.0
+    if config.ignore_uncertainty_above is not None and uncertainty is not None:
+        uncertain = sitk.GetArrayViewFromImage(uncertainty) > config.ignore_uncertainty_above
+        label[uncertain] = IGNORE_LABEL
+        ignored = float(uncertain.mean())
+    out = sitk.GetImageFromArray(label)
+    out.CopyInformation(mask)
+    return out, ignored
+
+
+def pseudo_labelled_cases(queries: list[Support], out_dir: Path,
+                          config: PseudoLabelConfig) -> tuple[list[Support], list[Verdict]]:
+    """Judge each query's pseudo label (``Support.mask``, uncertainty beside it) and write the
+    kept ones as training labels under ``out_dir``; returns the kept cases and every verdict."""
+    kept, verdicts = [], []
+    for query in queries:
+        mask = sitk.ReadImage(str(query.mask))
+        verdict = judge(mask, config, query.case)
+        if verdict.kept:
+            uncertainty_path = uncertainty_path_of(query.mask)
+            uncertainty = (sitk.ReadImage(str(uncertainty_path))
+                           if uncertainty_path.is_file() else None)
+            label, ignored = training_label(mask, uncertainty, config)
+            target = write_image_atomic(label, out_dir / f"{query.case}.nii.gz")
+            verdict = Verdict(**{**verdict.__dict__, "ignored_fraction": round(ignored, 5)})
+            kept.append(Support(query.case, query.image, target, query.vendor))
+        else:
+            log.info("pseudo label of %s left out: %s", query.case, verdict.reason)
+        verdicts.append(verdict)
+    return kept, verdicts
+
+
+def uncertainty_path_of(mask_path: Path) -> Path:
+    """``<case>/<SEQ>.nii.gz`` -> ``<case>/<SEQ>_uncertainty.nii.gz`` (the pseudo-label layout)."""
+    name = mask_path.name.removesuffix(".nii.gz")
+    return mask_path.with_name(f"{name}_uncertainty.nii.gz")

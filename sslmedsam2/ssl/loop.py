@@ -1,0 +1,336 @@
+"""FSL-nnUNet: few-shot pseudo labels, then nnU-Net rounds that refine them until they stop changing.
+
+Per sequence, under ``<run>/<SEQ>/``:
+
+* ``round_00``: pseudo labels of every unlabelled case from a few-shot engine (atlas or SAM2),
+  with uncertainty maps. Supports are the labelled GED4 cases, also for T1/T2/DWI queries.
+* ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
+  labels of the previous round; its fold ensemble predicts every unlabelled case with
+  probabilities, which become this round's pseudo labels and uncertainty maps. The loop stops
+  when the mean Dice between successive pseudo labels reaches ``convergence_dice``.
+* ``final``: the deployed model (``final`` schedule) on the last pseudo labels, or the last
+  round's model when both schedules are the same.
+
+Every step ends by writing a small JSON record atomically; a step with its record is finished and
+is never redone, so a killed run continues where it stopped when the same command is run again.
+Inside a step, finished cases and folds are kept as well (see ``pseudo_label`` and
+``training.fit_nnunet``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from sslmedsam2.engines.base import Engine, RuntimeOptions
+from sslmedsam2.engines.nnunet import NnUNetEngine
+from sslmedsam2.errors import SSLMedSAM2Error
+from sslmedsam2.evaluation import evaluate_pair, find_ground_truth
+from sslmedsam2.io import write_text_atomic
+from sslmedsam2.pseudo_label import Query, find_queries, outputs_of, pseudo_label
+from sslmedsam2.runtime import available_cpus, resolve_device
+from sslmedsam2.sequences import GED4
+from sslmedsam2.ssl.config import SSLConfig
+from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
+from sslmedsam2.supports import Support, find_supports
+from sslmedsam2.training import TrainingProfile, check_folds, fit_nnunet
+
+log = logging.getLogger(__name__)
+
+RECORD = "step.json"
+
+
+@dataclass(frozen=True)
+class SequenceCases:
+    """The training cases of one sequence: labelled ones (own masks) and the rest (queries)."""
+
+    sequence: str
+    labelled: list[Support]
+    unlabelled: list[Query]
+    holdout: list[Query]
+
+
+@dataclass
+class StepRecord:
+    """What a finished round (or the final step) produced; the per-round report row."""
+
+    sequence: str
+    step: str
+    seconds: float
+    engine: str
+    labelled: int = 0
+    pseudo_kept: int = 0
+    pseudo_dropped: int = 0
+    change_dice_mean: float | None = None
+    change_dice_min: float | None = None
+    holdout_dice_mean: float | None = None
+    holdout_hd95_mean: float | None = None
+    holdout_cases: int = 0
+    model: str | None = None
+    folds: list[str] | None = None
+    dropped: dict[str, str] | None = None
+    failed: list[str] | None = None
+    trained_on: list[str] | None = None
+
+
+def read_record(folder: Path) -> StepRecord | None:
+    path = folder / RECORD
+    return StepRecord(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def write_record(folder: Path, record: StepRecord) -> StepRecord:
+    write_text_atomic(json.dumps(asdict(record), indent=2) + "\n", folder / RECORD)
+    return record
+
+
+def gather_cases(config: SSLConfig, sequence: str) -> SequenceCases:
+    """Labelled and unlabelled training cases of ``sequence``, and its held-out cases."""
+    data = config.data
+    labelled = find_supports(data.train, sequence)
+    labelled_ids = {s.case for s in labelled}
+    unlabelled = [q for q in find_queries(data.train, sequence) if q.case not in labelled_ids]
+    holdout = find_queries(data.holdout_images, sequence) if data.holdout_images else []
+    if not labelled and not unlabelled:
+        raise SSLMedSAM2Error(f"{data.train}: no {sequence} volumes (expected Vendor_X/<case>/"
+                              f"{sequence}.nii.gz)")
+    return SequenceCases(sequence, labelled, unlabelled, holdout)
+
+
+def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
+    """The round-0 labeller named in the config, over the labelled GED4 supports."""
+    labels = config.pseudo_labels
+    if labels.engine == "atlas":
+        from sslmedsam2.atlas import AtlasConfig
+        from sslmedsam2.engines.atlas import AtlasEngine
+
+        return AtlasEngine(supports, AtlasConfig(), max_supports=labels.max_supports,
+                           origin=str(config.data.train))
+    from sslmedsam2.engines.sam2 import Sam2Engine
+    from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
+    from sslmedsam2.fewshot.tffs import TFFSConfig
+
+    setting = {"paper": TFFSConfig(), "cpu-practical": TFFSConfig.cpu_practical(), "auto": None}
+    tffs = setting[labels.setting]
+    if tffs is not None and labels.max_supports:
+        tffs = TFFSConfig(**{**tffs.__dict__, "max_supports": labels.max_supports})
+    return Sam2Engine(supports, resolve_checkpoint(checkpoint=labels.checkpoint),
+                      RuntimeOptions(device=config.loop.device), tffs)
+
+
+class SemiSupervisedRun:
+    """One run folder: configure once, then :meth:`run` (again, after a kill, to resume)."""
+
+    def __init__(self, config: SSLConfig, run_dir: Path, progress: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = resolve_device(config.loop.device)
+        self.supports = find_supports(config.data.train, GED4)
+        self._fewshot: Engine | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+    def run_sequence(self, sequence: str) -> tuple[list[StepRecord], Path]:
+        """Rounds until convergence, then the final model; returns the records and its folder."""
+        cases = gather_cases(self.config, sequence)
+        records: list[StepRecord] = []
+        if self.config.pseudo_labels.engine != "none":
+            if not self.supports:
+                raise SSLMedSAM2Error(f"{self.config.data.train}: no labelled GED4 case "
+                                      "(mask_GED4.nii.gz) to draw pseudo labels from")
+            records.append(self._round_zero(cases))
+            for number in range(1, self.config.loop.max_rounds + 1):
+                records.append(self._round(cases, number))
+                if self._converged(records[-1]):
+                    log.info("%s: converged after round %d (change Dice %.4f >= %.4f)", sequence,
+                             number, records[-1].change_dice_mean, self.config.loop.convergence_dice)
+                    break
+        final, model = self._final(cases, records)
+        return records + [final], model
+
+    def _converged(self, record: StepRecord) -> bool:
+        change = record.change_dice_mean
+        return change is not None and change >= self.config.loop.convergence_dice
+
+    def step_dir(self, sequence: str, step: str) -> Path:
+        return self.run_dir / sequence / step
+
+    def _round_zero(self, cases: SequenceCases) -> StepRecord:
+        folder = self.step_dir(cases.sequence, "round_00")
+        done = read_record(folder)
+        if done:
+            return done
+        started = time.perf_counter()
+        engine = self._fewshot_engine()
+        log.info("%s round 0: %s pseudo labels for %d unlabelled case(s) from %d GED4 support(s)",
+                 cases.sequence, engine.name, len(cases.unlabelled), len(self.supports))
+        failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
+        record = StepRecord(sequence=cases.sequence, step="round_00", seconds=0.0,
+                            engine=engine.name, labelled=len(cases.labelled), failed=failed)
+        self._score_holdout(engine, cases, folder, record)
+        record.seconds = round(time.perf_counter() - started, 1)
+        return write_record(folder, record)
+
+    def _round(self, cases: SequenceCases, number: int) -> StepRecord:
+        step = f"round_{number:02d}"
+        folder = self.step_dir(cases.sequence, step)
+        done = read_record(folder)
+        if done:
+            return done
+        started = time.perf_counter()
+        previous = self.step_dir(cases.sequence, f"round_{number - 1:02d}") / "pseudo"
+        record = StepRecord(sequence=cases.sequence, step=step, seconds=0.0, engine="nnunet",
+                            labelled=len(cases.labelled))
+        model, profile = self._train(cases, previous, folder, self.config.intermediate, number,
+                                     record)
+        engine = self._nnunet_engine(cases.sequence, model, profile)
+        log.info("%s %s: predicting %d unlabelled case(s) with the %s ensemble", cases.sequence,
+                 step, len(cases.unlabelled), ",".join(profile.folds))
+        record.failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
+        record.change_dice_mean, record.change_dice_min = change_between(
+            previous, folder / "pseudo", cases.unlabelled, cases.sequence)
+        self._score_holdout(engine, cases, folder, record)
+        record.seconds = round(time.perf_counter() - started, 1)
+        log.info("%s %s done in %.0f s: change Dice %s, held-out Dice %s", cases.sequence, step,
+                 record.seconds, _fmt(record.change_dice_mean), _fmt(record.holdout_dice_mean))
+        return write_record(folder, record)
+
+    def _final(self, cases: SequenceCases, rounds: list[StepRecord]) -> tuple[StepRecord, Path]:
+        folder = self.step_dir(cases.sequence, "final")
+        done = read_record(folder)
+        if done:
+            return done, Path(done.model)
+        started = time.perf_counter()
+        n_train = len(cases.labelled) + len(cases.unlabelled)
+        last = rounds[-1] if rounds else None
+        record = StepRecord(sequence=cases.sequence, step="final", seconds=0.0, engine="nnunet",
+                            labelled=len(cases.labelled))
+        same = (self.config.final.resolve(n_train) == self.config.intermediate.resolve(n_train))
+        if last is not None and last.step != "round_00" and same:
+            log.info("%s final: the %s model (same schedule as the final one)", cases.sequence,
+                     last.step)
+            record = StepRecord(**{**asdict(last), "step": "final", "seconds": 0.0})
+            return write_record(folder, record), Path(last.model)
+        source = self.step_dir(cases.sequence, last.step) / "pseudo" if last else None
+        model, profile = self._train(cases, source, folder, self.config.final, 99, record)
+        engine = self._nnunet_engine(cases.sequence, model, profile)
+        self._score_holdout(engine, cases, folder, record)
+        record.seconds = round(time.perf_counter() - started, 1)
+        return write_record(folder, record), model
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _train(self, cases: SequenceCases, pseudo_dir: Path | None, folder: Path, schedule,
+               number: int, record: StepRecord) -> tuple[Path, TrainingProfile]:
+        """nnU-Net on labelled + kept pseudo labels from ``pseudo_dir`` (None: labelled only)."""
+        kept: list[Support] = []
+        verdicts: list[Verdict] = []
+        if pseudo_dir is not None:
+            available = [Support(q.case, q.image, outputs_of(pseudo_dir, q, cases.sequence)[0],
+                                 q.vendor) for q in cases.unlabelled]
+            present = [s for s in available if s.mask.is_file()]
+            kept, verdicts = pseudo_labelled_cases(present, folder / "labels", self.config.pseudo_labels)
+            missing = {s.case: "no pseudo label (labelling failed)" for s in available
+                       if not s.mask.is_file()}
+            record.dropped = {**missing, **{v.case: v.reason for v in verdicts if not v.kept}}
+        training = cases.labelled + kept
+        if not training:
+            raise SSLMedSAM2Error(f"{cases.sequence}: nothing to train on (no labelled case and "
+                                  "every pseudo label was left out)")
+        profile = schedule.resolve(len(training))
+        check_folds(profile, len(training), f"the {cases.sequence} training set")
+        record.pseudo_kept, record.pseudo_dropped = len(kept), len(record.dropped or {})
+        log.info("%s %s: nnU-Net %s (%s, folds %s) on %d case(s): %d labelled + %d pseudo "
+                 "(%d left out)", cases.sequence, folder.name, profile.name,
+                 profile.configuration, ",".join(profile.folds), len(training),
+                 len(cases.labelled), len(kept), record.pseudo_dropped)
+        seed_everything(self.config.loop.seed + number)
+        ignore = self.config.pseudo_labels.ignore_uncertainty_above is not None and bool(kept)
+        model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
+                           self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore)
+        record.model, record.folds = str(model), list(profile.folds)
+        record.trained_on = [c.case for c in training]
+        return model, profile
+
+    def _fewshot_engine(self) -> Engine:
+        if self._fewshot is None:
+            self._fewshot = fewshot_engine(self.config, self.supports)
+        return self._fewshot
+
+    def _nnunet_engine(self, sequence: str, model: Path, profile: TrainingProfile) -> NnUNetEngine:
+        options = RuntimeOptions(device=self.config.loop.device, folds=tuple(profile.folds),
+                                 tta=False)
+        return NnUNetEngine(self.run_dir, options, models={sequence: model}, with_uncertainty=True)
+
+    def _label(self, engine: Engine, queries: list[Query], out_dir: Path, sequence: str,
+               largest_only: bool = False) -> list[str]:
+        records = pseudo_label(engine, queries, out_dir, sequence, progress=self.progress,
+                               largest_only=largest_only)
+        return [r["case"] for r in records if r["status"] == "error"]
+
+    def _score_holdout(self, engine: Engine, cases: SequenceCases, folder: Path,
+                       record: StepRecord) -> None:
+        """Predict and score the held-out split with this step's model (or few-shot engine)."""
+        if not cases.holdout:
+            return
+        # scored as process.py would deliver them: largest component only
+        self._label(engine, cases.holdout, folder / "holdout", cases.sequence, largest_only=True)
+        truth = find_ground_truth(self.config.data.holdout_labels)
+        rows = []
+        for query in cases.holdout:
+            gt = truth.get((query.case, cases.sequence))
+            if gt is None:
+                continue
+            pred = folder / "holdout" / query.case / f"{cases.sequence}.nii.gz"
+            rows.append(evaluate_pair((query.case, cases.sequence), pred if pred.is_file() else None, gt))
+        scored = [r for r in rows if r.dice is not None]
+        if scored:
+            record.holdout_dice_mean = round(float(np.mean([r.dice for r in scored])), 4)
+            record.holdout_hd95_mean = round(float(np.mean([r.hd95 for r in scored])), 2)
+            record.holdout_cases = len(scored)
+        write_text_atomic(json.dumps([asdict(r) for r in rows], indent=2) + "\n",
+                          folder / "holdout_metrics.json")
+
+
+def change_between(previous: Path, current: Path, queries: list[Query],
+                   sequence: str) -> tuple[float | None, float | None]:
+    """Mean and minimum Dice between two rounds' pseudo labels (cases present in both)."""
+    scores = []
+    for query in queries:
+        a, b = (folder / query.case / f"{sequence}.nii.gz" for folder in (previous, current))
+        if a.is_file() and b.is_file():
+            scores.append(dice(sitk.GetArrayViewFromImage(sitk.ReadImage(str(a))) > 0,
+                               sitk.GetArrayViewFromImage(sitk.ReadImage(str(b))) > 0))
+    if not scores:
+        return None, None
+    return round(float(np.mean(scores)), 4), round(float(np.min(scores)), 4)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; two empty masks agree perfectly."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def seed_everything(seed: int) -> None:
+    """nnU-Net draws from Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def loop_summary(records: list[StepRecord]) -> list[dict[str, Any]]:
+    """Report rows, without the bulky per-case fields."""
+    return [{k: v for k, v in asdict(r).items() if k not in ("dropped", "failed", "trained_on")} for r in records]
+

@@ -1,0 +1,191 @@
+"""``sslmedsam2 train``: the whole semi-supervised run, from a CARE training folder to ``weights/``.
+
+Run folder: ``config.json`` (resolved config; a rerun with another config is refused),
+``provenance.json`` (versions, device, seed), ``<SEQ>/<step>/`` (see ``loop``), ``report/``
+(per-round table as CSV and JSON, overlay montages round by round) and, unless told otherwise,
+``weights/``: the final models exactly as ``process.py`` reads them, the labelled GED4 cases as
+supports for the few-shot fallback, and a manifest with every file's checksum.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from sslmedsam2 import __version__
+from sslmedsam2.errors import UsageError
+from sslmedsam2.io import read_volume, write_text_atomic
+from sslmedsam2.manifest import write_manifest
+from sslmedsam2.montage import save_overlay_montage
+from sslmedsam2.runtime import configure_threads
+from sslmedsam2.ssl.config import SSLConfig
+from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, gather_cases, loop_summary
+from sslmedsam2.supports import Support
+from sslmedsam2.training import export_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    records: list[StepRecord]
+    weights_dir: Path
+    report_dir: Path
+
+
+def run_ssl(config: SSLConfig, run_dir: Path, weights_dir: Path | None = None,
+            progress: bool = True) -> RunResult:
+    """Run (or resume) every sequence's loop, then report and export. Returns what was made."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    record_provenance(config, run_dir)
+    configure_threads(None)
+    run = SemiSupervisedRun(config, run_dir, progress=progress)
+    records: list[StepRecord] = []
+    models: dict[str, tuple[Path, StepRecord]] = {}
+    for sequence in config.data.sequences:
+        sequence_records, model = run.run_sequence(sequence)
+        records += sequence_records
+        models[sequence] = (model, sequence_records[-1])
+    report_dir = write_report(run, records)
+    weights = export_weights(run, models, records, Path(weights_dir or run_dir / "weights"))
+    log.info("semi-supervised run finished in %.0f s: weights in %s, report in %s",
+             time.perf_counter() - started, weights, report_dir)
+    return RunResult(records, weights, report_dir)
+
+
+def record_provenance(config: SSLConfig, run_dir: Path) -> None:
+    """Write the resolved config and the software versions; refuse a run folder started with a
+    different config (mixing two experiments in one folder would corrupt both)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = config.to_dict()
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        previous = json.loads(config_path.read_text())
+        if previous != resolved:
+            changed = sorted(f"{section}.{key}" for section in resolved
+                             for key in resolved[section]
+                             if previous.get(section, {}).get(key) != resolved[section][key])
+            raise UsageError(f"{run_dir} was started with another config (differs in "
+                             f"{', '.join(changed) or 'its sections'}); use a new --run folder "
+                             "or the original config")
+    else:
+        write_text_atomic(json.dumps(resolved, indent=2) + "\n", config_path)
+    if config.source is not None:
+        shutil.copyfile(config.source, run_dir / "config.toml")
+    provenance = {"sslmedsam2": __version__, "python": platform.python_version(),
+                  "platform": platform.platform(), "seed": config.loop.seed,
+                  "packages": _versions("torch", "nnunetv2", "SimpleITK", "sam2", "numpy"),
+                  "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA")}
+    history = run_dir / "provenance.json"
+    entries = json.loads(history.read_text()) if history.is_file() else []
+    entries.append({**provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_text_atomic(json.dumps(entries, indent=2) + "\n", history)
+
+
+def _versions(*names: str) -> dict[str, str | None]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+REPORT_COLUMNS = ("sequence", "step", "engine", "labelled", "pseudo_kept", "pseudo_dropped",
+                  "change_dice_mean", "change_dice_min", "holdout_dice_mean", "holdout_hd95_mean",
+                  "holdout_cases", "seconds")
+
+
+def write_report(run: SemiSupervisedRun, records: list[StepRecord]) -> Path:
+    """``report/rounds.csv`` and ``rounds.json``, and per-sequence overlay montages."""
+    report = run.run_dir / "report"
+    rows = loop_summary(records)
+    write_text_atomic(json.dumps(rows, indent=2) + "\n", report / "rounds.json")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(buffer.getvalue(), report / "rounds.csv")
+    for sequence in run.config.data.sequences:
+        steps = [r.step for r in records if r.sequence == sequence and r.step != "final"]
+        cases = gather_cases(run.config, sequence).unlabelled[: run.config.loop.montage_cases]
+        for query in cases:
+            masks = {}
+            for step in steps:
+                path = run.step_dir(sequence, step) / "pseudo" / query.case / f"{sequence}.nii.gz"
+                if path.is_file():
+                    masks[step.replace("_", " ")] = sitk.ReadImage(str(path))
+            if masks:
+                save_overlay_montage(read_volume(query.image), masks,
+                                     report / f"montage_{sequence}_{query.case}.png", n_slices=4,
+                                     title=f"{query.case} {sequence}: pseudo labels by round")
+    log.info("report: %s", report / "rounds.csv")
+    return report
+
+
+def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRecord]],
+                   records: list[StepRecord], weights_dir: Path) -> Path:
+    """Assemble the deployable weights folder beside the target, then swap it in whole."""
+    staging = weights_dir.with_name(f".{weights_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    exported = {}
+    for sequence, (model, final) in models.items():
+        provenance = {"run": str(run.run_dir), "step": final.step, "trained_on": final.trained_on}
+        target = export_model(model, staging, sequence, tuple(final.folds or ()), provenance)
+        exported[sequence] = {"model": str(target.relative_to(staging)), "folds": final.folds,
+                              "trained_on": final.trained_on,
+                              "rounds": [r.step for r in records if r.sequence == sequence]}
+    copy_supports(run.supports, staging / "supports")
+    write_manifest(staging, {
+        "sslmedsam2": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run": str(run.run_dir), "config": run.config.to_dict(), "models": exported,
+        "supports": [s.case for s in run.supports], "report": loop_summary(records)})
+    old = weights_dir.with_name(f".{weights_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if weights_dir.exists():
+        os.replace(weights_dir, old)
+    os.replace(staging, weights_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("weights exported to %s (%s)", weights_dir, ", ".join(exported))
+    return weights_dir
+
+
+def copy_supports(supports: list[Support], target: Path) -> None:
+    """Labelled GED4 cases as ``supports/Vendor_X/<case>/``: the container's few-shot fallback
+    for sequences without a model, with vendors kept for same-vendor support choice."""
+    for support in supports:
+        folder = target / (f"Vendor_{support.vendor}" if support.vendor else "") / support.case
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(support.image, folder / support.image.name)
+        shutil.copyfile(support.mask, folder / support.mask.name)
+
+
+def run_summary_table(records: list[StepRecord]) -> str:
+    """The per-round table as aligned text, for the end of the command's log."""
+    header = ("sequence", "step", "engine", "train", "change Dice", "held-out Dice", "HD95 mm", "s")
+    lines = [header]
+    for r in records:
+        lines.append((r.sequence, r.step, r.engine, f"{r.labelled}+{r.pseudo_kept}",
+                      _cell(r.change_dice_mean), _cell(r.holdout_dice_mean),
+                      _cell(r.holdout_hd95_mean, 1), f"{r.seconds:.0f}"))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

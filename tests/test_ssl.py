@@ -1,0 +1,236 @@
+"""The semi-supervised loop for real on a tiny generated dataset: atlas round 0, nnU-Net rounds
+(trained for a few iterations: mechanics, not quality), report, weights export with manifest, and
+process.py serving the exported weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import run_process
+from sslmedsam2.errors import UsageError
+from sslmedsam2.example import ExampleConfig, make_example
+from sslmedsam2.io import same_grid
+from sslmedsam2.manifest import MANIFEST
+from sslmedsam2.ssl.config import TEMPLATE, DataConfig, SSLConfig, ScheduleConfig, build_config
+from sslmedsam2.ssl.pipeline import run_ssl
+
+TINY = {"profile": "tiny-test", "folds": ["all"]}
+
+
+@pytest.fixture(scope="module")
+def ssl_data(tmp_path_factory):
+    """3 labelled + 3 unlabelled training cases (one labelled per vendor), 2 held-out cases."""
+    return make_example(ExampleConfig(out_dir=tmp_path_factory.mktemp("ssl-data"), cases=6,
+                                      test_cases=2, labelled_per_vendor=1, seed=3), progress=False)
+
+
+def raw_config(dataset, **sections) -> dict:
+    raw = {"data": {"train": str(dataset.train_dir), "sequences": ["GED4"],
+                    "holdout_images": str(dataset.test_input_dir),
+                    "holdout_labels": str(dataset.ground_truth_dir / "test")},
+           "pseudo_labels": {"engine": "atlas"},
+           "intermediate": dict(TINY), "final": dict(TINY),
+           "loop": {"max_rounds": 1, "device": "cpu"}}
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def ssl_run(ssl_data, tmp_path_factory):
+    """GED4 + T1, one nnU-Net round, uncertain voxels ignored, a final model on its own schedule."""
+    raw = raw_config(ssl_data, data={"sequences": ["GED4", "T1"]},
+                     pseudo_labels={"ignore_uncertainty_above": 0.5, "max_components": 0},
+                     final={"epochs": 3})
+    run_dir = tmp_path_factory.mktemp("ssl-run")
+    return run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False), run_dir
+
+
+def test_template_documents_the_defaults(tmp_path):
+    config = build_config(tomllib.loads(TEMPLATE), tmp_path)
+    assert config == SSLConfig(data=DataConfig(train=(tmp_path / "data/train").resolve()))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"data": {"train": "x"}, "loop": {"rounds": 2}}, "unknown key(s) ['rounds']"),
+    ({"data": {"train": "x"}, "extra": {}}, "unknown section(s) ['extra']"),
+    ({"data": {}}, "train = '<CARE training folder>' is required"),
+    ({"data": {"train": "x"}, "pseudo_labels": {"engine": "sam2"}}, "needs pseudo_labels.checkpoint"),
+    ({"data": {"train": "x"}, "pseudo_labels": {"engine": "magic"}}, "choose from atlas, sam2, none"),
+    ({"data": {"train": "x", "sequences": ["GED4", "T1"]}, "pseudo_labels": {"engine": "none"}},
+     "only GED4 has labels"),
+    ({"data": {"train": "x", "holdout_images": "y"}}, "go together"),
+])
+def test_bad_configs_say_what_is_wrong(raw, message, tmp_path):
+    with pytest.raises(UsageError, match=None) as caught:
+        build_config(raw, tmp_path, source=tmp_path / "ssl.toml")
+    assert message in str(caught.value) and "ssl.toml" in str(caught.value)
+
+
+def test_auto_folds_follow_the_case_count():
+    assert ScheduleConfig().resolve(4).folds == ("all",)
+    assert ScheduleConfig().resolve(5).folds == ("0", "1", "2", "3", "4")
+    assert ScheduleConfig(folds=("all",), epochs=7).resolve(9).epochs == 7
+
+
+def test_loop_runs_rounds_and_reports(ssl_run):
+    result, run_dir = ssl_run
+    steps = [(r.sequence, r.step, r.engine) for r in result.records]
+    assert steps == [("GED4", "round_00", "atlas"), ("GED4", "round_01", "nnunet"),
+                     ("GED4", "final", "nnunet"), ("T1", "round_00", "atlas"),
+                     ("T1", "round_01", "nnunet"), ("T1", "final", "nnunet")]
+    by_step = {(r.sequence, r.step): r for r in result.records}
+    ged4 = by_step["GED4", "round_01"]
+    assert (ged4.labelled, ged4.pseudo_kept) == (3, 3)
+    assert 0 <= ged4.change_dice_mean <= 1 and ged4.holdout_cases == 2
+    # T1 has no labels: it learns from cross-sequence (GED4-supported) pseudo labels only
+    assert (by_step["T1", "round_01"].labelled, by_step["T1", "round_01"].pseudo_kept) == (0, 6)
+    assert by_step["GED4", "round_00"].holdout_dice_mean > 0.7  # the atlas finds the liver
+    rows = (result.report_dir / "rounds.csv").read_text().splitlines()
+    assert rows[0].startswith("sequence,step,engine") and len(rows) == 7
+    assert len(list(result.report_dir.glob("montage_GED4_*.png"))) == 2
+    assert (run_dir / "config.json").is_file() and (run_dir / "provenance.json").is_file()
+    for sequence in ("GED4", "T1"):
+        for case in ("0004-A", "0005-B1", "0006-B2"):
+            pseudo = run_dir / sequence / "round_01" / "pseudo" / case
+            image = sitk.ReadImage(str(ssl_data_image(run_dir, case, sequence)))
+            for name in (f"{sequence}.nii.gz", f"{sequence}_uncertainty.nii.gz"):
+                assert same_grid(sitk.ReadImage(str(pseudo / name)), image)
+
+
+def ssl_data_image(run_dir: Path, case: str, sequence: str) -> Path:
+    train = Path(json.loads((run_dir / "config.json").read_text())["data"]["train"])
+    return next(train.glob(f"*/{case}/{sequence}.nii.gz"))
+
+
+def test_uncertain_voxels_become_the_ignore_label(ssl_run):
+    _, run_dir = ssl_run
+    raw = next((run_dir / "GED4" / "round_01" / "nnunet" / "nnUNet_raw").glob("Dataset*"))
+    assert json.loads((raw / "dataset.json").read_text())["labels"] == {
+        "background": 0, "liver": 1, "ignore": 2}
+    pseudo = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / "0004-A.nii.gz")))
+    labelled = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / "0001-A.nii.gz")))
+    assert set(np.unique(pseudo)) == {0, 1, 2}  # the atlas disagrees along the liver's border
+    assert set(np.unique(labelled)) == {0, 1}  # true labels are never ignored
+
+
+def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
+    result, _ = ssl_run
+    manifest = json.loads((result.weights_dir / MANIFEST).read_text())
+    assert set(manifest["models"]) == {"GED4", "T1"}
+    assert "0004-A" in manifest["models"]["GED4"]["trained_on"]
+    assert any(name.endswith("fold_all/checkpoint_final.pth") for name in manifest["files"])
+    out = tmp_path / "out"
+    done = run_process("--input", ssl_data.test_input_dir, "--output", out,
+                       "--weights", result.weights_dir)
+    assert done.returncode == 0, done.stderr
+    records = json.loads((out / "sslmedsam2-summary.json").read_text())["cases"]
+    assert {(r["sequence"], r["engine"]) for r in records} == {("GED4", "nnunet"), ("T1", "nnunet")}
+    for record in records:
+        image = sitk.ReadImage(record["input"])
+        assert same_grid(sitk.ReadImage(record["output"]), image)
+
+
+@pytest.mark.parametrize("tamper, problem", [
+    ("change", "changed: nnunet/GED4/"),
+    ("add", "not in the manifest: nnunet/GED4/"),
+    ("remove", "missing: nnunet/GED4/"),
+])
+def test_process_refuses_weights_that_do_not_match_the_manifest(ssl_run, ssl_data, tmp_path,
+                                                                tamper, problem):
+    result, _ = ssl_run
+    weights = shutil.copytree(result.weights_dir, tmp_path / "weights")
+    model = next((weights / "nnunet" / "GED4").iterdir())
+    checkpoint = model / "fold_all" / "checkpoint_final.pth"
+    if tamper == "change":
+        with open(checkpoint, "ab") as handle:
+            handle.write(b"\0")
+    elif tamper == "add":
+        shutil.copytree(model / "fold_all", model / "fold_0")
+    else:
+        (model / "plans.json").unlink()
+    done = run_process("--input", ssl_data.test_input_dir, "--output", tmp_path / "out",
+                       "--weights", weights)
+    assert done.returncode == 2
+    assert "manifest" in done.stderr and problem in done.stderr
+
+
+def test_rerun_with_another_config_is_refused(ssl_run, ssl_data):
+    _, run_dir = ssl_run
+    raw = raw_config(ssl_data, data={"sequences": ["GED4", "T1"]}, loop={"max_rounds": 2})
+    with pytest.raises(UsageError, match="loop.max_rounds"):
+        run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False)
+
+
+def test_labelled_only_baseline_trains_without_pseudo_labels(ssl_data, tmp_path):
+    raw = raw_config(ssl_data, pseudo_labels={"engine": "none"})
+    result = run_ssl(build_config(raw, Path.cwd()), tmp_path / "run", progress=False)
+    assert [(r.step, r.labelled, r.pseudo_kept) for r in result.records] == [("final", 3, 0)]
+    assert result.records[0].holdout_cases == 2
+
+
+def _toml(raw: dict) -> str:
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _train_until(config: Path, run_dir: Path, log: Path, stop_when=None) -> int:
+    """``sslmedsam2 train`` in its own process, SIGKILLed as soon as ``stop_when()`` holds."""
+    command = [sys.executable, "-m", "sslmedsam2", "train", "--config", str(config),
+               "--run", str(run_dir), "-q"]
+    with open(log, "ab") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=sink)
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            if stop_when is not None and stop_when():
+                process.kill()
+                break
+            time.sleep(0.05)
+        return process.wait(timeout=60)
+
+
+def _mtimes(paths) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in paths}
+
+
+def test_killed_at_each_step_resumes_without_redoing_work(ssl_data, tmp_path):
+    """Kill mid round 0, mid training, mid prediction; each rerun continues; finished files are
+    not rewritten. Convergence is set to stop after round 1, whose model then is the final one."""
+    raw = raw_config(ssl_data, loop={"max_rounds": 3, "convergence_dice": 0.01, "device": "cpu"})
+    config, run_dir, log = tmp_path / "ssl.toml", tmp_path / "run", tmp_path / "train.log"
+    config.write_text(_toml(raw))
+    round0, round1 = run_dir / "GED4" / "round_00", run_dir / "GED4" / "round_01"
+    kill_points = [
+        lambda: any(round0.glob("pseudo/*/GED4.nii.gz")),
+        lambda: any((round1 / "nnunet").glob("nnUNet_results/*/*/fold_all")),
+        lambda: any(round1.glob("pseudo/*/GED4.nii.gz")),
+    ]
+    kept: dict[Path, int] = {}
+    for stop_when in kill_points:
+        assert _train_until(config, run_dir, log, stop_when) == -signal.SIGKILL, log.read_text()[-2000:]
+        kept.update(_mtimes(p for p in run_dir.rglob("*") if p.is_file() and p.suffix == ".gz"
+                            and "/pseudo/" in str(p) or p.name == "checkpoint_final.pth"))
+    assert _train_until(config, run_dir, log) == 0, log.read_text()[-2000:]
+    assert kept and _mtimes(kept) == kept  # nothing finished before a kill was redone
+    assert [json.loads((run_dir / "GED4" / s / "step.json").read_text())["step"]
+            for s in ("round_00", "round_01", "final")] == ["round_00", "round_01", "final"]
+    assert not (run_dir / "GED4" / "round_02").exists()  # converged: no second round
+    final = json.loads((run_dir / "GED4" / "final" / "step.json").read_text())
+    assert final["model"] == json.loads((round1 / "step.json").read_text())["model"]
+    assert len(list(round1.glob("pseudo/*/GED4.nii.gz"))) == 3
+    assert (run_dir / "weights" / MANIFEST).is_file()
+    assert not list(run_dir.glob(".weights*"))  # no staging folder left behind
