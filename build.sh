@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Build the sslmedsam2 container image.
 #
-#   ./build.sh [extra docker build options, e.g. --no-cache]
+#   ./build.sh [--train] [extra docker build options, e.g. --no-cache]
 #
-# Environment: IMAGE (default sslmedsam2:latest), PLATFORM (default linux/amd64: what Grand
-# Challenge and the CARE organisers run, also when building on an ARM laptop).
+# --train also builds the training image (Dockerfile.train) on top of the inference image.
+# Environment: IMAGE (default sslmedsam2:latest), TRAIN_IMAGE (default sslmedsam2-train:latest),
+# PLATFORM (default linux/amd64: what Grand Challenge and the CARE organisers run, also when
+# building on an ARM laptop).
 set -euo pipefail
 
 # Build from the repository root whatever the caller's working directory.
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 IMAGE="${IMAGE:-sslmedsam2:latest}"
+TRAIN_IMAGE="${TRAIN_IMAGE:-sslmedsam2-train:latest}"
 PLATFORM="${PLATFORM:-linux/amd64}"
+
+train=0
+build_args=()
+for arg in "$@"; do
+    if [ "$arg" = "--train" ]; then train=1; else build_args+=("$arg"); fi
+done
 
 # Fail early and clearly: without a reachable engine `docker build` prints a long, obscure error.
 if ! command -v docker >/dev/null 2>&1; then
@@ -26,5 +35,11 @@ if ! docker_error=$(docker info 2>&1 >/dev/null); then
 fi
 
 echo "build.sh: building $IMAGE for $PLATFORM from $(pwd)"
-docker build --platform "$PLATFORM" -t "$IMAGE" "$@" .
+docker build --platform "$PLATFORM" -t "$IMAGE" ${build_args[@]+"${build_args[@]}"} .
 echo "build.sh: built $IMAGE; next: ./test.sh, then ./export.sh"
+if [ "$train" = 1 ]; then
+    echo "build.sh: building $TRAIN_IMAGE on top of $IMAGE"
+    docker build --platform "$PLATFORM" -f Dockerfile.train --build-arg "BASE_IMAGE=$IMAGE" \
+        -t "$TRAIN_IMAGE" ${build_args[@]+"${build_args[@]}"} .
+    echo "build.sh: built $TRAIN_IMAGE; run it with /data (CARE training root) and /output mounted"
+fi

@@ -7,8 +7,9 @@
 #   ./export.sh                  both
 #   ./export.sh --weights-only   only model.tar.gz (needs no Docker)
 #   ./export.sh --image-only     only sslmedsam2.tar.gz
+#   ./export.sh --train-image    only sslmedsam2-train.tar.gz (the training image, ./build.sh --train)
 #
-# Environment: IMAGE (default sslmedsam2:latest), WEIGHTS_DIR (default weights), OUT_DIR (default
+# Environment: IMAGE (default sslmedsam2:latest), TRAIN_IMAGE (default sslmedsam2-train:latest), WEIGHTS_DIR (default weights), OUT_DIR (default
 # the repository root). Each archive is written under a temporary name and renamed when complete,
 # so an interrupted export never leaves a truncated archive behind under the final name.
 set -euo pipefail
@@ -20,15 +21,18 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 IMAGE="${IMAGE:-sslmedsam2:latest}"
+TRAIN_IMAGE="${TRAIN_IMAGE:-sslmedsam2-train:latest}"
 WEIGHTS_DIR="${WEIGHTS_DIR:-weights}"
 OUT_DIR="${OUT_DIR:-.}"
 
 do_image=1
 do_weights=1
+ARCHIVE=sslmedsam2.tar.gz
 for arg in "$@"; do
     case "$arg" in
         --weights-only) do_image=0 ;;
         --image-only) do_weights=0 ;;
+        --train-image) do_weights=0; IMAGE="$TRAIN_IMAGE"; ARCHIVE=sslmedsam2-train.tar.gz ;;
         -h|--help) usage; exit 0 ;;
         *) echo "export.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
     esac
@@ -90,11 +94,11 @@ export_weights() {
 
 export_image() {
     local tmp
-    tmp="$(new_tmp sslmedsam2.tar.gz)"
+    tmp="$(new_tmp "$ARCHIVE")"
     echo "export.sh: saving $IMAGE (several GB; this takes a few minutes)"
     # pipefail (set above) makes a failing `docker save` fail the export, not just gzip.
     docker save "$IMAGE" | gzip -c > "$tmp"
-    publish "$tmp" sslmedsam2.tar.gz
+    publish "$tmp" "$ARCHIVE"
 }
 
 # Check Docker before writing anything, so a missing engine does not leave half an export.

@@ -49,7 +49,10 @@ def arm(name: str, train: Path, engine: str, args: argparse.Namespace, data_root
         "data": {"train": str(train), "sequences": ["GED4"],
                  "holdout_images": str(data_root / "test" / "input"),
                  "holdout_labels": str(data_root / "ground_truth" / "test")},
-        "pseudo_labels": {"engine": engine},
+        # one labelled case per vendor: the atlas fuses all three supports for every query, and
+        # the voxels they disagree on are left to nnU-Net's ignore label
+        "pseudo_labels": {"engine": engine, "same_vendor_supports": False,
+                          "ignore_uncertainty_above": 0.9},
         "intermediate": {"profile": args.profile, "folds": ["all"]},
         "final": {"profile": args.profile, "folds": ["all"]},
         "loop": {"max_rounds": max_rounds, "convergence_dice": args.convergence, "seed": args.seed},

