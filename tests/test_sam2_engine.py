@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 import SimpleITK as sitk
 import torch
 

@@ -49,10 +49,11 @@ def raw_config(dataset, **sections) -> dict:
 
 @pytest.fixture(scope="module")
 def ssl_run(ssl_data, tmp_path_factory):
-    """GED4 + T1, one nnU-Net round, uncertain voxels ignored, a final model on its own schedule."""
+    """GED4 + T1, one nnU-Net round, uncertain voxels ignored, a final model on its own schedule
+    with a 2d companion."""
     raw = raw_config(ssl_data, data={"sequences": ["GED4", "T1"]},
                      pseudo_labels={"ignore_uncertainty_above": 0.5, "max_components": 0},
-                     final={"epochs": 3})
+                     final={"epochs": 3, "extra_configurations": ["2d"]})
     run_dir = tmp_path_factory.mktemp("ssl-run")
     return run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False), run_dir
 
@@ -130,6 +131,8 @@ def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
     manifest = json.loads((result.weights_dir / MANIFEST).read_text())
     assert set(manifest["models"]) == {"GED4", "T1"}
     assert "0004-A" in manifest["models"]["GED4"]["trained_on"]
+    assert sorted(m.rsplit("__", 1)[1] for m in manifest["models"]["GED4"]["models"]) == [
+        "2d", "3d_fullres"]
     assert any(name.endswith("fold_all/checkpoint_final.pth") for name in manifest["files"])
     out = tmp_path / "out"
     done = run_process("--input", ssl_data.test_input_dir, "--output", out,
@@ -137,6 +140,7 @@ def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
     assert done.returncode == 0, done.stderr
     records = json.loads((out / "sslmedsam2-summary.json").read_text())["cases"]
     assert {(r["sequence"], r["engine"]) for r in records} == {("GED4", "nnunet"), ("T1", "nnunet")}
+    assert all(r["message"].startswith("2d ") for r in records)  # the CPU's choice: the companion
     for record in records:
         image = sitk.ReadImage(record["input"])
         assert same_grid(sitk.ReadImage(record["output"]), image)

@@ -61,6 +61,9 @@ class ScheduleConfig:
     """One nnU-Net training: a named profile (``training.PROFILES``) and optional overrides.
 
     ``folds``: "auto" (5-fold when there are >= 5 training cases, else "all") or a list.
+    ``extra_configurations`` (``[final]`` only): more nnU-Net configurations trained on the final
+    training set and exported beside the main one, e.g. ["2d"]: process.py prefers a 2d model on
+    CPU, where 3d_fullres at full size costs hours per case.
     """
 
     profile: str = "cpu-quick"
@@ -72,6 +75,7 @@ class ScheduleConfig:
     trainer: str | None = None
     vram_target_gb: float | None = None
     width_divisor: int | None = None
+    extra_configurations: tuple[str, ...] = ()
 
     def resolve(self, n_cases: int) -> TrainingProfile:
         """The concrete nnU-Net profile for a training set of ``n_cases`` cases."""
@@ -143,6 +147,8 @@ def check_config(config: SSLConfig) -> None:
         if getattr(config, name).profile not in PROFILES:
             problems.append(f"{name}.profile: {getattr(config, name).profile!r} "
                             f"(choose from {', '.join(PROFILES)})")
+    if config.intermediate.extra_configurations:
+        problems.append("intermediate.extra_configurations: only the final model has companions")
     if config.loop.max_rounds < 0 or not 0 < config.loop.convergence_dice <= 1:
         problems.append("loop.max_rounds must be >= 0 and loop.convergence_dice in (0, 1]")
     if problems:
@@ -169,7 +175,8 @@ _SECTIONS = {"data": DataConfig, "pseudo_labels": PseudoLabelConfig, "intermedia
              "final": ScheduleConfig, "loop": LoopConfig}
 _PATHS = {("data", "train"), ("data", "holdout_images"), ("data", "holdout_labels"),
           ("pseudo_labels", "checkpoint")}
-_TUPLES = {("data", "sequences"), ("intermediate", "folds"), ("final", "folds")}
+_TUPLES = {("data", "sequences"), ("intermediate", "folds"), ("final", "folds"),
+           ("intermediate", "extra_configurations"), ("final", "extra_configurations")}
 
 
 def build_config(raw: dict[str, Any], base: Path, source: Path | None = None) -> SSLConfig:
@@ -239,6 +246,7 @@ folds = "auto"                    # auto: 5-fold with >= 5 cases, else ["all"]
 [final]                           # the deployed model, on the last round's pseudo labels
 profile = "cpu-quick"
 folds = "auto"
+extra_configurations = []         # e.g. ["2d"]: also trained and exported (process.py's CPU choice)
 
 [loop]
 max_rounds = 3                    # nnU-Net rounds after round 0

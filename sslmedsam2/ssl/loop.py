@@ -80,6 +80,7 @@ class StepRecord:
     dropped: dict[str, str] | None = None
     failed: list[str] | None = None
     trained_on: list[str] | None = None
+    companions: list[str] | None = None
 
 
 def read_record(folder: Path) -> StepRecord | None:
@@ -218,13 +219,41 @@ class SemiSupervisedRun:
             log.info("%s final: the %s model (same schedule as the final one)", cases.sequence,
                      last.step)
             record = StepRecord(**{**asdict(last), "step": "final", "seconds": 0.0})
-            return write_record(folder, record), Path(last.model)
-        source = self.step_dir(cases.sequence, last.step) / "pseudo" if last else None
-        model, profile = self._train(cases, source, folder, self.config.final, 99, record)
-        engine = self._nnunet_engine(cases.sequence, model, profile)
-        self._score_holdout(engine, cases, folder, record)
+            labels_dir = self.step_dir(cases.sequence, last.step) / "labels"
+        else:
+            source = self.step_dir(cases.sequence, last.step) / "pseudo" if last else None
+            model, profile = self._train(cases, source, folder, self.config.final, 99, record)
+            self._score_holdout(self._nnunet_engine(cases.sequence, model, profile), cases,
+                                folder, record)
+            labels_dir = folder / "labels"
+        record.companions = self._companions(cases, record, labels_dir, folder)
         record.seconds = round(time.perf_counter() - started, 1)
-        return write_record(folder, record), model
+        return write_record(folder, record), Path(record.model)
+
+    def _companions(self, cases: SequenceCases, record: StepRecord, labels_dir: Path,
+                    folder: Path) -> list[str]:
+        """The final model's training set again, for each of ``final.extra_configurations``
+        (e.g. a 2d model, which process.py prefers on CPU); returns their model folders."""
+        extras = self.config.final.extra_configurations
+        if not extras:
+            return []
+        labelled = {s.case: s for s in cases.labelled}
+        queries = {q.case: q for q in cases.unlabelled}
+        training = [labelled.get(case) or Support(case, queries[case].image,
+                                                  labels_dir / f"{case}.nii.gz", queries[case].vendor)
+                    for case in record.trained_on or []]
+        profile = self.config.final.resolve(len(training))
+        ignore = (self.config.pseudo_labels.ignore_uncertainty_above is not None
+                  and len(training) > len(labelled))
+        models = []
+        for configuration in extras:
+            log.info("%s final: companion %s model on the same %d case(s)", cases.sequence,
+                     configuration, len(training))
+            seed_everything(self.config.loop.seed + 99)
+            models.append(str(fit_nnunet(
+                training, folder / f"nnunet_{configuration}", replace(profile, configuration=configuration),
+                cases.sequence, self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore)))
+        return models
 
     # -- pieces -----------------------------------------------------------------------------
     def _train(self, cases: SequenceCases, pseudo_dir: Path | None, folder: Path, schedule,

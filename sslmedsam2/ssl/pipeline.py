@@ -146,9 +146,10 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
     exported = {}
     for sequence, (model, final) in models.items():
         provenance = {"run": str(run.run_dir), "step": final.step, "trained_on": final.trained_on}
-        target = export_model(model, staging, sequence, tuple(final.folds or ()), provenance)
-        exported[sequence] = {"model": str(target.relative_to(staging)), "folds": final.folds,
-                              "trained_on": final.trained_on,
+        targets = [export_model(Path(folder), staging, sequence, tuple(final.folds or ()), provenance)
+                   for folder in [model, *(final.companions or [])]]
+        exported[sequence] = {"models": [str(t.relative_to(staging)) for t in targets],
+                              "folds": final.folds, "trained_on": final.trained_on,
                               "rounds": [r.step for r in records if r.sequence == sequence]}
     copy_supports(run.supports, staging / "supports")
     write_manifest(staging, {
