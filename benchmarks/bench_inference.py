@@ -29,8 +29,10 @@ CARE_SIZE = (640, 520, 64)
 CARE_SPACING = (0.59, 0.59, 3.5)
 
 BARE_NNUNET = """
-import sys, torch
+import os, sys, torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+# how a bare nnU-Net finds trainers outside its package (the CPU profile's)
+os.environ["nnUNet_extTrainer"] = sys.argv[5]
 torch.set_num_threads(int(sys.argv[4]))
 p = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
                     device=torch.device('cpu'), allow_tqdm=False)
@@ -80,8 +82,10 @@ def run_ours(volume: Path, out: Path, weights: Path, *flags: str) -> dict:
 
 def run_bare(volume: Path, out: Path, model: Path, threads: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    from sslmedsam2.nnunet_trainers import TRAINER_DIR
+
     seconds, output, rss = timed([sys.executable, "-c", BARE_NNUNET, str(model), str(volume), str(out),
-                                  str(threads)])
+                                  str(threads), str(TRAINER_DIR)])
     case = float(next(l.split()[1] for l in output.splitlines() if l.startswith("CASE_SECONDS")))
     return {"wall": seconds, "case": case, "rss_mb": rss / 1024}
 

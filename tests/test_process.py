@@ -13,6 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from sslmedsam2.inference import SUMMARY_NAME
+from sslmedsam2.nnunet_trainers import TRAINER_DIR
+from sslmedsam2.runtime import scoped_environ
 
 from conftest import GEOMETRIES, REPO, reoriented, run_process
 
@@ -207,7 +209,9 @@ def test_same_masks_as_bare_nnunet_predictor(tmp_path, trained_weights, real_mr)
     model = next((trained_weights / "nnunet" / "GED4").iterdir())
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
                                 device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), use_folds=("all",))
+    # a bare nnU-Net finds the CPU-profile trainer the documented way: nnUNet_extTrainer
+    with scoped_environ(nnUNet_extTrainer=str(TRAINER_DIR)):
+        predictor.initialize_from_trained_model_folder(str(model), use_folds=("all",))
     (tmp_path / "bare").mkdir()
     predictor.predict_from_files_sequential([[str(image_path)]], [str(tmp_path / "bare" / "case")],
                                             save_probabilities=False, overwrite=True)
