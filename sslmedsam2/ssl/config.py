@@ -8,7 +8,7 @@ with a different file is refused instead of silently mixing two experiments.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,15 @@ def build_config(raw: dict[str, Any], base: Path, source: Path | None = None) ->
                 values[key] = None  # TOML has no null: 0 means "off"
         sections[name] = cls(**values)
     return SSLConfig(**sections, source=source)
+
+
+def default_values() -> dict[str, dict[str, Any]]:
+    """Every section's defaults in ``to_dict`` form (``data.train`` has none)."""
+    out = {}
+    for name, cls in _SECTIONS.items():
+        fields = cls.__dataclass_fields__.values()
+        out[name] = _jsonable({f.name: f.default for f in fields if f.default is not MISSING})
+    return out
 
 
 def _jsonable(value: Any) -> Any:

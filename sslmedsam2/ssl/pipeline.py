@@ -30,7 +30,7 @@ from sslmedsam2.io import read_volume, write_text_atomic
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.montage import save_overlay_montage
 from sslmedsam2.runtime import configure_threads
-from sslmedsam2.ssl.config import SSLConfig
+from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, gather_cases, loop_summary
 from sslmedsam2.supports import Support
 from sslmedsam2.training import export_model
@@ -73,14 +73,10 @@ def record_provenance(config: SSLConfig, run_dir: Path) -> None:
     resolved = config.to_dict()
     config_path = run_dir / "config.json"
     if config_path.is_file():
-        previous = json.loads(config_path.read_text())
-        if previous != resolved:
-            changed = sorted(f"{section}.{key}" for section in resolved
-                             for key in resolved[section]
-                             if previous.get(section, {}).get(key) != resolved[section][key])
+        changed = config_changes(json.loads(config_path.read_text()), resolved)
+        if changed:
             raise UsageError(f"{run_dir} was started with another config (differs in "
-                             f"{', '.join(changed) or 'its sections'}); use a new --run folder "
-                             "or the original config")
+                             f"{', '.join(changed)}); use a new --run folder or the original config")
     else:
         write_text_atomic(json.dumps(resolved, indent=2) + "\n", config_path)
     if config.source is not None:
@@ -93,6 +89,19 @@ def record_provenance(config: SSLConfig, run_dir: Path) -> None:
     entries = json.loads(history.read_text()) if history.is_file() else []
     entries.append({**provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     write_text_atomic(json.dumps(entries, indent=2) + "\n", history)
+
+
+def config_changes(previous: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
+    """``section.key`` entries that differ. A key the previous run did not know (added in a later
+    sslmedsam2) counts as unchanged while it holds its default, so upgrades can resume runs."""
+    defaults = default_values()
+    changed = []
+    for section, values in resolved.items():
+        for key, value in values.items():
+            before = previous.get(section, {}).get(key, defaults[section].get(key))
+            if before != value:
+                changed.append(f"{section}.{key}")
+    return sorted(changed)
 
 
 def _versions(*names: str) -> dict[str, str | None]:
