@@ -238,3 +238,14 @@ def test_killed_at_each_step_resumes_without_redoing_work(ssl_data, tmp_path):
     assert len(list(round1.glob("pseudo/*/GED4.nii.gz"))) == 3
     assert (run_dir / "weights" / MANIFEST).is_file()
     assert not list(run_dir.glob(".weights*"))  # no staging folder left behind
+
+
+def test_runs_resume_across_config_keys_added_later(tmp_path):
+    from sslmedsam2.ssl.pipeline import config_changes
+
+    resolved = build_config({"data": {"train": "x"}}, tmp_path).to_dict()
+    older = json.loads(json.dumps(resolved))
+    del older["final"]["extra_configurations"]  # a run folder from before that key existed
+    assert config_changes(older, resolved) == []
+    older["loop"]["max_rounds"] = 5
+    assert config_changes(older, resolved) == ["loop.max_rounds"]
