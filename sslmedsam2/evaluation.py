@@ -207,7 +207,7 @@ def summary_table(results: Sequence[CaseResult]) -> str:
     lines = [
         "HD = maximum (100th percentile) symmetric Hausdorff distance, HD95 = 95th percentile; "
         "both in mm. std is the population standard deviation.",
-        *_aligned([header] + rows),
+        *aligned_table([header] + rows),
         _problem_line(results),
     ]
     return "\n".join(lines)
@@ -222,7 +222,8 @@ def _stat_cells(group: Sequence[CaseResult]) -> list[str]:
     return cells
 
 
-def _aligned(rows: list[list[str]]) -> list[str]:
+def aligned_table(rows: list[list[str]]) -> list[str]:
+    """Text table lines: header, a rule, then rows; first column left, the others right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     def line(row: list[str]) -> str:  # first column left-aligned, numbers right-aligned
         cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]

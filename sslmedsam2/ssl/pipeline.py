@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from sslmedsam2 import __version__
 from sslmedsam2.errors import UsageError
+from sslmedsam2.evaluation import aligned_table
 from sslmedsam2.io import read_volume, write_text_atomic
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.montage import save_overlay_montage
@@ -187,14 +188,11 @@ def copy_supports(supports: list[Support], target: Path) -> None:
 
 def run_summary_table(records: list[StepRecord]) -> str:
     """The per-round table as aligned text, for the end of the command's log."""
-    header = ("sequence", "step", "engine", "train", "change Dice", "held-out Dice", "HD95 mm", "s")
-    lines = [header]
-    for r in records:
-        lines.append((r.sequence, r.step, r.engine, f"{r.labelled}+{r.pseudo_kept}",
-                      _cell(r.change_dice_mean), _cell(r.holdout_dice_mean),
-                      _cell(r.holdout_hd95_mean, 1), f"{r.seconds:.0f}"))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+    rows = [["sequence", "step", "engine", "train", "change Dice", "held-out Dice", "HD95 mm", "s"]]
+    rows += [[r.sequence, r.step, r.engine, f"{r.labelled}+{r.pseudo_kept}",
+              _cell(r.change_dice_mean), _cell(r.holdout_dice_mean), _cell(r.holdout_hd95_mean, 1),
+              f"{r.seconds:.0f}"] for r in records]
+    return "\n".join(aligned_table(rows))
 
 
 def _cell(value: Any, digits: int = 4) -> str:
