@@ -14,6 +14,7 @@ folder, so a rerun resumes instead of starting over. Writes the table to stdout 
 to ``--json`` (default benchmarks/ssl_miniature.json).
 
     python benchmarks/bench_ssl.py --work runs/bench-ssl [--unlabelled 12] [--test 6] [--profile cpu-quick]
+                                   [--epochs N] [--ignore BITS] [--json FILE]
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ def arm(name: str, train: Path, engine: str, args: argparse.Namespace, data_root
         max_rounds: int) -> tuple[list, float]:
     """Run (or resume) one arm; its step records and its seconds (summed over the steps' own
     records, so that resuming a finished arm does not report 0)."""
+    schedule = {"profile": args.profile, "folds": ["all"],
+                **({"epochs": args.epochs} if args.epochs else {})}
     raw = {
         "data": {"train": str(train), "sequences": ["GED4"],
                  "holdout_images": str(data_root / "test" / "input"),
                  "holdout_labels": str(data_root / "ground_truth" / "test")},
-        # one labelled case per vendor: the atlas fuses all three supports for every query, and
-        # the voxels they disagree on are left to nnU-Net's ignore label
+        # one labelled case per vendor: the atlas fuses all three supports for every query
         "pseudo_labels": {"engine": engine, "same_vendor_supports": False,
-                          "ignore_uncertainty_above": 0.9},
-        "intermediate": {"profile": args.profile, "folds": ["all"]},
-        "final": {"profile": args.profile, "folds": ["all"]},
+                          **({"ignore_uncertainty_above": args.ignore} if args.ignore else {})},
+        "intermediate": schedule,
+        "final": schedule,
         "loop": {"max_rounds": max_rounds, "convergence_dice": args.convergence, "seed": args.seed},
     }
     result = run_ssl(build_config(raw, Path.cwd()), args.work / name, progress=False)
@@ -68,6 +70,11 @@ def main() -> int:
     parser.add_argument("--unlabelled", type=int, default=12)
     parser.add_argument("--test", type=int, default=6)
     parser.add_argument("--profile", default="cpu-quick")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per training, every arm (default: the profile's)")
+    parser.add_argument("--ignore", type=float, default=None,
+                        help="uncertainty (bits) above which pseudo-label voxels are ignored "
+                             "(default: off, as in the paper)")
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--convergence", type=float, default=0.98)
     parser.add_argument("--seed", type=int, default=0)
@@ -107,7 +114,8 @@ def main() -> int:
                     "pseudo_kept": r.pseudo_kept, "change_dice_mean": r.change_dice_mean,
                     "holdout_dice_mean": r.holdout_dice_mean, "holdout_hd95_mean": r.holdout_hd95_mean,
                     "seconds": r.seconds} for r in ssl],
-        "settings": {"profile": args.profile, "folds": ["all"], "labelled": 3,
+        "settings": {"profile": args.profile, "epochs": args.epochs, "ignore": args.ignore,
+                     "folds": ["all"], "labelled": 3,
                      "unlabelled": args.unlabelled, "held_out": args.test, "seed": args.seed,
                      "max_rounds": args.max_rounds, "convergence_dice": args.convergence},
         "seconds": {"labelled_only": round(t_lab), "ssl": round(t_ssl), "fully_supervised": round(t_full),

@@ -79,6 +79,26 @@ def test_bad_configs_say_what_is_wrong(raw, message, tmp_path):
     assert message in str(caught.value) and "ssl.toml" in str(caught.value)
 
 
+@pytest.mark.parametrize("fits, keep_best, drifted, chosen", [
+    ([None, 0.95, 0.96, 0.94], True, True, "round_02"),     # round 3 fits the labels worse: stop
+    ([None, 0.95, 0.96, 0.957], True, False, "round_02"),   # within the tolerance: go on
+    ([None, 0.95, 0.96, 0.94], False, False, "round_03"),   # guard off: the last round
+    ([None], True, False, "round_00"),                      # few-shot only
+    ([None, 0.95, 0.95], True, False, "round_01"),          # ties: the earlier round
+])
+def test_drift_stops_the_loop_and_keeps_the_best_round(fits, keep_best, drifted, chosen, tmp_path):
+    from sslmedsam2.ssl.config import LoopConfig
+    from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord
+
+    config = SSLConfig(data=DataConfig(train=tmp_path),
+                       loop=LoopConfig(device="cpu", keep_best_round=keep_best))
+    run = SemiSupervisedRun(config, tmp_path / "run")
+    records = [StepRecord("GED4", f"round_{n:02d}", 1.0, "nnunet", labelled_dice_mean=fit)
+               for n, fit in enumerate(fits)]
+    assert run._drifted(records) is drifted
+    assert run._chosen(records).step == chosen
+
+
 def test_auto_folds_follow_the_case_count():
     assert ScheduleConfig().resolve(4).folds == ("all",)
     assert ScheduleConfig().resolve(5).folds == ("0", "1", "2", "3", "4")
@@ -98,8 +118,13 @@ def test_loop_runs_rounds_and_reports(ssl_run):
     # T1 has no labels: it learns from cross-sequence (GED4-supported) pseudo labels only
     assert (by_step["T1", "round_01"].labelled, by_step["T1", "round_01"].pseudo_kept) == (0, 6)
     assert by_step["GED4", "round_00"].holdout_dice_mean > 0.7  # the atlas finds the liver
+    # the drift detector: GED4's model segments its labelled cases; T1 has none
+    assert 0 <= ged4.labelled_dice_mean <= 1 and by_step["T1", "round_01"].labelled_dice_mean is None
+    assert by_step["GED4", "final"].based_on == "round_01"
+    assert len(list((run_dir / "GED4" / "round_01" / "labelled_fit").glob("*/GED4.nii.gz"))) == 3
     rows = (result.report_dir / "rounds.csv").read_text().splitlines()
-    assert rows[0].startswith("sequence,step,engine") and len(rows) == 7
+    assert rows[0].startswith("sequence,step,engine") and "labelled_dice_mean" in rows[0]
+    assert len(rows) == 7
     assert len(list(result.report_dir.glob("montage_GED4_*.png"))) == 2
     assert (run_dir / "config.json").is_file() and (run_dir / "provenance.json").is_file()
     for sequence in ("GED4", "T1"):

@@ -94,10 +94,19 @@ class ScheduleConfig:
 class LoopConfig:
     """When to stop, and the run's seed and device. A round's "change" is the mean Dice between
     its pseudo labels and the previous round's; the loop stops once it reaches
-    ``convergence_dice`` or after ``max_rounds`` nnU-Net rounds."""
+    ``convergence_dice`` or after ``max_rounds`` nnU-Net rounds.
+
+    ``keep_best_round``: self-training can drift (a model that under-segments a little teaches
+    the next round smaller labels, and so on). Every round's model also segments the labelled
+    cases; when a round reproduces their masks worse than an earlier round by more than
+    ``drift_tolerance`` (mean Dice), the loop stops and the final model comes from the best
+    round instead of the last.
+    """
 
     max_rounds: int = 3
     convergence_dice: float = 0.98
+    keep_best_round: bool = True
+    drift_tolerance: float = 0.005
     seed: int = 0
     device: str = "auto"
     dataset_id: int = 600
@@ -151,6 +160,8 @@ def check_config(config: SSLConfig) -> None:
         problems.append("intermediate.extra_configurations: only the final model has companions")
     if config.loop.max_rounds < 0 or not 0 < config.loop.convergence_dice <= 1:
         problems.append("loop.max_rounds must be >= 0 and loop.convergence_dice in (0, 1]")
+    if not 0 <= config.loop.drift_tolerance < 1:
+        problems.append("loop.drift_tolerance must lie in [0, 1)")
     if problems:
         where = f"{config.source}: " if config.source else ""
         raise UsageError(where + "; ".join(problems))
@@ -260,6 +271,8 @@ extra_configurations = []         # e.g. ["2d"]: also trained and exported (proc
 [loop]
 max_rounds = 3                    # nnU-Net rounds after round 0
 convergence_dice = 0.98           # stop when successive pseudo labels agree this much (mean Dice)
+keep_best_round = true            # stop at drift: final model from the round that best fits the labelled masks
+drift_tolerance = 0.005           # drift = labelled-mask Dice this far below an earlier round's
 seed = 0
 device = "auto"                   # auto | cpu | cuda
 dataset_id = 600                  # nnU-Net dataset ids used: dataset_id + round

@@ -6,10 +6,12 @@ Per sequence, under ``<run>/<SEQ>/``:
   with uncertainty maps. Supports are the labelled GED4 cases, also for T1/T2/DWI queries.
 * ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
   labels of the previous round; its fold ensemble predicts every unlabelled case with
-  probabilities, which become this round's pseudo labels and uncertainty maps. The loop stops
-  when the mean Dice between successive pseudo labels reaches ``convergence_dice``.
-* ``final``: the deployed model (``final`` schedule) on the last pseudo labels, or the last
-  round's model when both schedules are the same.
+  probabilities, which become this round's pseudo labels and uncertainty maps. It also segments
+  the labelled cases ("labelled fit", a drift detector). The loop stops when the mean Dice
+  between successive pseudo labels reaches ``convergence_dice``, or when the labelled fit drops
+  below an earlier round's (``keep_best_round``).
+* ``final``: the deployed model (``final`` schedule) on the chosen round's pseudo labels (the
+  last, or the best before drift), or that round's model when both schedules are the same.
 
 Every step ends by writing a small JSON record atomically; a step with its record is finished and
 is never redone, so a killed run continues where it stopped when the same command is run again.
@@ -72,6 +74,7 @@ class StepRecord:
     pseudo_dropped: int = 0
     change_dice_mean: float | None = None
     change_dice_min: float | None = None
+    labelled_dice_mean: float | None = None
     holdout_dice_mean: float | None = None
     holdout_hd95_mean: float | None = None
     holdout_cases: int = 0
@@ -81,6 +84,8 @@ class StepRecord:
     failed: list[str] | None = None
     trained_on: list[str] | None = None
     companions: list[str] | None = None
+    #: final only: the round whose model (same schedule) or pseudo labels it builds on
+    based_on: str | None = None
 
 
 def read_record(folder: Path) -> StepRecord | None:
@@ -154,12 +159,38 @@ class SemiSupervisedRun:
                     log.info("%s: converged after round %d (change Dice %.4f >= %.4f)", sequence,
                              number, records[-1].change_dice_mean, self.config.loop.convergence_dice)
                     break
-        final, model = self._final(cases, records)
+                if self._drifted(records):
+                    break
+        final, model = self._final(cases, self._chosen(records))
         return records + [final], model
 
     def _converged(self, record: StepRecord) -> bool:
         change = record.change_dice_mean
         return change is not None and change >= self.config.loop.convergence_dice
+
+    def _drifted(self, records: list[StepRecord]) -> bool:
+        """The last round fits the labelled masks worse than the best earlier round."""
+        if not self.config.loop.keep_best_round:
+            return False
+        fits = [r.labelled_dice_mean for r in records]
+        if fits[-1] is None or not any(f is not None for f in fits[:-1]):
+            return False
+        best = max(f for f in fits[:-1] if f is not None)
+        if fits[-1] >= best - self.config.loop.drift_tolerance:
+            return False
+        log.warning("%s: drift after %s (labelled-mask Dice %.4f < %.4f of an earlier round); "
+                    "stopping, the final model comes from %s", records[-1].sequence,
+                    records[-1].step, fits[-1], best, self._chosen(records).step)
+        return True
+
+    def _chosen(self, records: list[StepRecord]) -> StepRecord | None:
+        """The round the final model builds on: the last, or the best labelled fit."""
+        if not records:
+            return None
+        scored = [r for r in records if r.labelled_dice_mean is not None]
+        if not self.config.loop.keep_best_round or not scored:
+            return records[-1]
+        return max(scored, key=lambda r: r.labelled_dice_mean)  # first of equals: fewer rounds
 
     def step_dir(self, sequence: str, step: str) -> Path:
         return self.run_dir / sequence / step
@@ -198,20 +229,35 @@ class SemiSupervisedRun:
         record.failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
         record.change_dice_mean, record.change_dice_min = change_between(
             previous, folder / "pseudo", cases.unlabelled, cases.sequence)
+        record.labelled_dice_mean = self._labelled_fit(engine, cases, folder)
         self._score_holdout(engine, cases, folder, record)
         record.seconds = round(time.perf_counter() - started, 1)
-        log.info("%s %s done in %.0f s: change Dice %s, held-out Dice %s", cases.sequence, step,
-                 record.seconds, _fmt(record.change_dice_mean), _fmt(record.holdout_dice_mean))
+        log.info("%s %s done in %.0f s: change Dice %s, labelled fit %s, held-out Dice %s",
+                 cases.sequence, step, record.seconds, _fmt(record.change_dice_mean),
+                 _fmt(record.labelled_dice_mean), _fmt(record.holdout_dice_mean))
         return write_record(folder, record)
 
-    def _final(self, cases: SequenceCases, rounds: list[StepRecord]) -> tuple[StepRecord, Path]:
+    def _labelled_fit(self, engine: Engine, cases: SequenceCases, folder: Path) -> float | None:
+        """Mean Dice of this round's model on the labelled cases' own masks. They are training
+        cases, so the figure is optimistic; it serves to detect drift between rounds."""
+        if not cases.labelled or not self.config.loop.keep_best_round:
+            return None
+        queries = [Query(s.case, s.image, s.vendor) for s in cases.labelled]
+        out = folder / "labelled_fit"
+        self._label(engine, queries, out, cases.sequence)
+        scores = [dice(sitk.GetArrayViewFromImage(sitk.ReadImage(str(mask))) > 0,
+                       sitk.GetArrayViewFromImage(sitk.ReadImage(str(s.mask))) > 0)
+                  for s in cases.labelled if (mask := out / s.case / f"{cases.sequence}.nii.gz").is_file()]
+        return round(float(np.mean(scores)), 4) if scores else None
+
+    def _final(self, cases: SequenceCases, last: StepRecord | None) -> tuple[StepRecord, Path]:
+        """The deployed model, built on round ``last`` (None: labelled cases only)."""
         folder = self.step_dir(cases.sequence, "final")
         done = read_record(folder)
         if done:
             return done, Path(done.model)
         started = time.perf_counter()
         n_train = len(cases.labelled) + len(cases.unlabelled)
-        last = rounds[-1] if rounds else None
         record = StepRecord(sequence=cases.sequence, step="final", seconds=0.0, engine="nnunet",
                             labelled=len(cases.labelled))
         same = (self.config.final.resolve(n_train) == self.config.intermediate.resolve(n_train))
@@ -226,6 +272,7 @@ class SemiSupervisedRun:
             self._score_holdout(self._nnunet_engine(cases.sequence, model, profile), cases,
                                 folder, record)
             labels_dir = folder / "labels"
+        record.based_on = last.step if last else None
         record.companions = self._companions(cases, record, labels_dir, folder)
         record.seconds = round(time.perf_counter() - started, 1)
         return write_record(folder, record), Path(record.model)

@@ -116,8 +116,8 @@ def _versions(*names: str) -> dict[str, str | None]:
 
 
 REPORT_COLUMNS = ("sequence", "step", "engine", "labelled", "pseudo_kept", "pseudo_dropped",
-                  "change_dice_mean", "change_dice_min", "holdout_dice_mean", "holdout_hd95_mean",
-                  "holdout_cases", "seconds")
+                  "change_dice_mean", "change_dice_min", "labelled_dice_mean", "holdout_dice_mean",
+                  "holdout_hd95_mean", "holdout_cases", "based_on", "seconds")
 
 
 def write_report(run: SemiSupervisedRun, records: list[StepRecord]) -> Path:
@@ -188,10 +188,12 @@ def copy_supports(supports: list[Support], target: Path) -> None:
 
 def run_summary_table(records: list[StepRecord]) -> str:
     """The per-round table as aligned text, for the end of the command's log."""
-    rows = [["sequence", "step", "engine", "train", "change Dice", "held-out Dice", "HD95 mm", "s"]]
-    rows += [[r.sequence, r.step, r.engine, f"{r.labelled}+{r.pseudo_kept}",
-              _cell(r.change_dice_mean), _cell(r.holdout_dice_mean), _cell(r.holdout_hd95_mean, 1),
-              f"{r.seconds:.0f}"] for r in records]
+    rows = [["sequence", "step", "engine", "train", "change Dice", "labelled fit", "held-out Dice",
+             "HD95 mm", "s"]]
+    rows += [[r.sequence, r.step if not r.based_on else f"{r.step} ({r.based_on})", r.engine,
+              f"{r.labelled}+{r.pseudo_kept}", _cell(r.change_dice_mean), _cell(r.labelled_dice_mean),
+              _cell(r.holdout_dice_mean), _cell(r.holdout_hd95_mean, 1), f"{r.seconds:.0f}"]
+             for r in records]
     return "\n".join(aligned_table(rows))
 
 
