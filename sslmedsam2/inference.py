@@ -19,6 +19,7 @@ from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask, write_text_atomic
 from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
 from sslmedsam2.manifest import verify_manifest
+from sslmedsam2.orientation import CANONICAL, segment_in_orientation
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.sequences import GED4
@@ -89,15 +90,16 @@ def run_inference(settings: InferenceSettings) -> RunSummary:
         write_summary(summary, settings)
         return summary
     try:
-        verify_manifest(settings.weights_dir)
+        manifest = verify_manifest(settings.weights_dir) or {}
     except SSLMedSAM2Error as exc:
         log.error("%s", exc)
         summary = RunSummary(layout=plan.name, fatal=str(exc))
         write_summary(summary, settings)
         return summary
     threads = configure_threads(settings.runtime.threads)
-    log.info("layout %s: %d volume(s) in %s; %d thread(s)", plan.name, len(plan.jobs),
-             settings.input_path, threads)
+    orientation = manifest.get("orientation", CANONICAL)
+    log.info("layout %s: %d volume(s) in %s; %d thread(s); models see volumes in %s orientation",
+             plan.name, len(plan.jobs), settings.input_path, threads, orientation)
     summary = RunSummary(layout=plan.name)
     for problem in plan.problems:
         log.error("%s", problem)
@@ -106,7 +108,7 @@ def run_inference(settings: InferenceSettings) -> RunSummary:
                                           message=str(problem)))
     engines = build_engines(settings.engines, settings.weights_dir, settings.runtime)
     for index, job in enumerate(plan.jobs, start=1):
-        record = _run_job(job, engines, settings, progress=f"[{index}/{len(plan.jobs)}]")
+        record = _run_job(job, engines, settings, orientation, progress=f"[{index}/{len(plan.jobs)}]")
         summary.records.append(record)
     write_summary(summary, settings)
     counts = summary.counts()
@@ -114,7 +116,7 @@ def run_inference(settings: InferenceSettings) -> RunSummary:
     return summary
 
 
-def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings,
+def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings, orientation: str,
              progress: str = "") -> CaseRecord:
     sequence = job.sequence or settings.default_sequence
     record = CaseRecord(case=job.case, sequence=sequence, input=str(job.input_path), output=None,
@@ -137,7 +139,7 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings,
         engine.load(sequence)  # once per sequence; logged apart, not part of the case's time
         started = time.perf_counter()
         image = read_volume(job.input_path)
-        segmentation = engine.segment(image, sequence, vendor=job.vendor)
+        segmentation = segment_in_orientation(engine, image, sequence, job.vendor, orientation)
         mask = largest_component(segmentation.mask) if settings.largest_component else segmentation.mask
         write_mask(mask, image, job.output_path)
         record.output, record.engine = str(job.output_path), engine.name

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from sslmedsam2.engines.base import Engine
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.io import read_volume, volume_stem, volume_suffix, write_map, write_mask
+from sslmedsam2.orientation import segment_in_orientation
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.sequences import GED4
 
@@ -106,7 +107,7 @@ def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str,
     try:
         engine.load(sequence)
         image = read_volume(query.image)
-        segmentation = engine.segment(image, sequence, vendor=query.vendor)
+        segmentation = segment_in_orientation(engine, image, sequence, query.vendor)
         if segmentation.uncertainty is not None:
             write_map(segmentation.uncertainty, image, uncertainty_path)
         mask = largest_component(segmentation.mask) if largest_only else segmentation.mask

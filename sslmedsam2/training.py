@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_image_atomic
 from sslmedsam2.nnunet_trainers import trainer_search_path
+from sslmedsam2.orientation import reorient
 from sslmedsam2.runtime import (available_cpus, configure_threads, quiet_stdout, resolve_device,
                                 scoped_environ)
 from sslmedsam2.sequences import GED4
@@ -128,6 +129,8 @@ def write_raw_dataset(cases: list[Support], raw_root: Path, dataset_name: str,
         else:
             mask = sitk.Cast(mask > 0, sitk.sitkUInt8)
         mask.CopyInformation(image)  # tiny header differences must not fail nnU-Net's checks
+        # nnU-Net ignores direction: train in the one orientation inference reorients to
+        image, mask = reorient(image).image, reorient(mask).image
         write_image_atomic(image, folder / "imagesTr" / f"{case.case}_0000.nii.gz")
         write_image_atomic(mask, folder / "labelsTr" / f"{case.case}.nii.gz")
     labels = {"background": 0, "liver": 1, **({"ignore": IGNORE_LABEL} if ignore else {})}

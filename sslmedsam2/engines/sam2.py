@@ -22,6 +22,7 @@ from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot.checkpoints import CHECKPOINTS, ResolvedCheckpoint, build_predictor, resolve_checkpoint
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
 from sslmedsam2.runtime import resolve_device
+from sslmedsam2.orientation import reorient
 from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,9 @@ class Sam2Engine:
         key = tuple(s.case for s in chosen)
         with torch_threads(self._threads):
             if key not in self._segmenters:
-                self._segmenters[key] = TFFSSegmenter(
-                    self._predictor, [load_support(s) for s in chosen], self.config)
+                # supports in the orientation queries arrive in (see sslmedsam2.orientation)
+                pairs = [tuple(reorient(v).image for v in load_support(s)) for s in chosen]
+                self._segmenters[key] = TFFSSegmenter(self._predictor, pairs, self.config)
             result = self._segmenters[key].segment(image)
         used = key[: self.config.max_supports] if self.config.max_supports else key
         return Segmentation(

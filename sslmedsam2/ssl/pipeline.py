@@ -30,6 +30,7 @@ from sslmedsam2.evaluation import aligned_table
 from sslmedsam2.io import read_volume, write_text_atomic
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.montage import save_overlay_montage
+from sslmedsam2.orientation import CANONICAL
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, gather_cases, loop_summary
@@ -165,7 +166,8 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
     write_manifest(staging, {
         "sslmedsam2": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run.run_dir), "config": run.config.to_dict(), "models": exported,
-        "supports": [s.case for s in run.supports], "report": loop_summary(records)})
+        "supports": [s.case for s in run.supports], "orientation": CANONICAL,
+        "report": loop_summary(records)})
     old = weights_dir.with_name(f".{weights_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if weights_dir.exists():
