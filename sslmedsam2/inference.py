@@ -8,9 +8,12 @@ the others are still written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import resource
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +61,10 @@ class CaseRecord:
     seconds: float
     status: str  # "ok", "error" or "skipped"
     message: str = ""
+    device: str | None = None
+    precision: str | None = None
+    #: the process's peak resident memory once this case was done
+    peak_rss_mb: float | None = None
 
 
 @dataclass
@@ -65,6 +72,8 @@ class RunSummary:
     layout: str
     records: list[CaseRecord] = field(default_factory=list)
     fatal: str | None = None
+    #: every warning logged during the run, so a platform run can be diagnosed from its outputs
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -82,20 +91,41 @@ class RunSummary:
 def run_inference(settings: InferenceSettings) -> RunSummary:
     """Segment every job; never raises for a bad case, only records it."""
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    with collected_warnings(warnings):
+        summary = _run_all(settings)
+    summary.warnings = warnings
+    write_summary(summary, settings)
+    return summary
+
+
+@contextlib.contextmanager
+def collected_warnings(sink: list[str]) -> Iterator[None]:
+    """Warnings and errors logged by sslmedsam2 while the block runs, appended to ``sink``."""
+    class Collector(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            sink.append(f"{record.levelname}: {record.getMessage()}")
+
+    handler = Collector(level=logging.WARNING)
+    root = logging.getLogger("sslmedsam2")
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
+def _run_all(settings: InferenceSettings) -> RunSummary:
     try:
         plan = detect_layout(settings.input_path, settings.output_dir, settings.slugs)
     except SSLMedSAM2Error as exc:
         log.error("%s", exc)
-        summary = RunSummary(layout="unknown", fatal=str(exc))
-        write_summary(summary, settings)
-        return summary
+        return RunSummary(layout="unknown", fatal=str(exc))
     try:
         manifest = verify_manifest(settings.weights_dir) or {}
     except SSLMedSAM2Error as exc:
         log.error("%s", exc)
-        summary = RunSummary(layout=plan.name, fatal=str(exc))
-        write_summary(summary, settings)
-        return summary
+        return RunSummary(layout=plan.name, fatal=str(exc))
     threads = configure_threads(settings.runtime.threads)
     orientation = manifest.get("orientation", CANONICAL)
     log.info("layout %s: %d volume(s) in %s; %d thread(s); models see volumes in %s orientation",
@@ -110,7 +140,6 @@ def run_inference(settings: InferenceSettings) -> RunSummary:
     for index, job in enumerate(plan.jobs, start=1):
         record = _run_job(job, engines, settings, orientation, progress=f"[{index}/{len(plan.jobs)}]")
         summary.records.append(record)
-    write_summary(summary, settings)
     counts = summary.counts()
     log.info("done: %d ok, %d error(s), %d skipped", counts["ok"], counts["error"], counts["skipped"])
     return summary
@@ -144,12 +173,14 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings, orien
         write_mask(mask, image, job.output_path)
         record.output, record.engine = str(job.output_path), engine.name
         record.message = segmentation.detail
+        record.device, record.precision = segmentation.device, segmentation.precision
     except SSLMedSAM2Error as exc:
         record.status, record.message = "error", str(exc)
     except Exception as exc:  # an engine crash must not lose the other cases
         record.status = "error"
         record.message = f"{job.input_path}: segmentation failed ({type(exc).__name__}: {exc})"
     record.seconds = round(time.perf_counter() - started, 3)
+    record.peak_rss_mb = peak_rss_mb()
     if record.status == "ok":
         log.info("%s case %s %s: %s %.1f s [%s]", progress, job.case, sequence, record.engine,
                  record.seconds, record.message)
@@ -171,6 +202,11 @@ def _required(sequence: str, job: Job, settings: InferenceSettings) -> bool:
     return settings.sequences is not None and sequence in settings.sequences
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports kB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def write_summary(summary: RunSummary, settings: InferenceSettings) -> Path:
     """JSON provenance beside the outputs: settings, per-case records, counts."""
     path = settings.output_dir / SUMMARY_NAME
@@ -179,6 +215,8 @@ def write_summary(summary: RunSummary, settings: InferenceSettings) -> Path:
         "exit_code": summary.exit_code,
         "fatal": summary.fatal,
         "counts": summary.counts(),
+        "peak_rss_mb": peak_rss_mb(),
+        "warnings": summary.warnings,
         "settings": json.loads(json.dumps(asdict(settings), default=str)),
         "cases": [asdict(r) for r in summary.records],
     }

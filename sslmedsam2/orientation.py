@@ -66,4 +66,5 @@ def segment_in_orientation(engine: "Engine", image: sitk.Image, sequence: str, v
     uncertainty = None if result.uncertainty is None else moved.restore(result.uncertainty)
     detail = result.detail if moved.source_code == code else \
         f"{result.detail} (reoriented {moved.source_code}->{code})"
-    return Segmentation(mask=moved.restore(result.mask), detail=detail, uncertainty=uncertainty)
+    return Segmentation(mask=moved.restore(result.mask), detail=detail, uncertainty=uncertainty,
+                        device=result.device, precision=result.precision)

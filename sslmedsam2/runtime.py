@@ -26,9 +26,39 @@ def resolve_device(name: str = "auto"):
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu" and os.path.exists("/dev/nvidia0"):
+            log.warning("an NVIDIA GPU is present but torch %s (CUDA %s) cannot use it: the driver "
+                        "is probably older than this CUDA needs (CUDA 13 needs driver R580 or "
+                        "later); running on CPU", torch.__version__, torch.version.cuda)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
+
+
+def precision_for(device_type: str, bf16_supported: bool) -> str:
+    """The float format a model runs in on this device: bf16 autocast on GPUs that support it
+    (Ampere and later), fp16 autocast on older GPUs (the T4, Grand Challenge's default, has no
+    bf16), fp32 on CPU (CPU autocast is slow and changes the numbers)."""
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
+def device_precision(device) -> str:
+    """``precision_for`` of a torch device, asking the GPU what it supports."""
+    import torch
+
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision_for(device.type, supported)
+
+
+def autocast(device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` on ``device`` (``fp32``: none)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def configure_threads(threads: int | None) -> int:

@@ -11,6 +11,7 @@ from sslmedsam2.engines import RuntimeOptions
 from sslmedsam2.engines.nnunet import ModelFolder, choose_model, discover_models
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.postprocess import largest_component
+from sslmedsam2.runtime import precision_for
 
 FULL = ModelFolder(Path("w/nnunet/GED4/nnUNetTrainer__nnUNetPlans__3d_fullres"), "3d_fullres",
                    ("0", "1", "2", "3", "4"))
@@ -31,6 +32,16 @@ def test_cpu_defaults_are_cheap_and_explained():
     assert only_full.model == FULL and only_full.folds == ("0",)
     with_all = ModelFolder(FULL.path, "3d_fullres", ("0", "1", "all"))
     assert choose_model([with_all], RuntimeOptions(), on_gpu=False).folds == ("all",)
+
+
+@pytest.mark.parametrize("device, bf16, precision", [
+    ("cuda", True, "bf16"),   # Ampere, Hopper
+    ("cuda", False, "fp16"),  # the T4 (Grand Challenge's default card) has no bf16
+    ("cpu", True, "fp32"),    # CPU autocast is slow and changes the numbers
+    ("cpu", False, "fp32"),
+])
+def test_precision_follows_the_device(device, bf16, precision):
+    assert precision_for(device, bf16) == precision
 
 
 def test_explicit_options_win():

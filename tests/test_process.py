@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from sslmedsam2.inference import SUMMARY_NAME
 from sslmedsam2.nnunet_trainers import TRAINER_DIR
+from sslmedsam2.orientation import CANONICAL, orientation_code, reorient
 from sslmedsam2.runtime import scoped_environ
 
 from conftest import GEOMETRIES, REPO, reoriented, run_process
@@ -72,6 +73,10 @@ def test_care_layout_exact_grid(tmp_path, trained_weights, care_input):
     assert report["counts"] == {"ok": 3, "error": 0, "skipped": 3}
     assert all(c["engine"] == "nnunet" and c["seconds"] > 0 for c in report["cases"]
                if c["status"] == "ok")
+    # diagnosable from the outputs alone: where, in which precision, with how much memory
+    for case in (c for c in report["cases"] if c["status"] == "ok"):
+        assert (case["device"], case["precision"]) == ("cpu", "fp32") and case["peak_rss_mb"] > 100
+    assert report["peak_rss_mb"] > 100 and isinstance(report["warnings"], list)
     assert "case 0001-A GED4: nnunet" in result.stderr
     assert "tta=off" in result.stderr and "CPU" in result.stderr  # says what it chose and why
     assert no_partial_files(out)
@@ -156,7 +161,10 @@ def test_bad_inputs_do_not_stop_good_cases(tmp_path, trained_weights, real_mr):
         line = next(line for line in errors if f"/{case}/GED4.nii.gz" in line)
         assert problem in line, line
         assert not (out / "LiSeg_pred" / case).exists()
-    assert summary(out)["counts"] == {"ok": 1, "error": len(expected), "skipped": 0}
+    report = summary(out)
+    assert report["counts"] == {"ok": 1, "error": len(expected), "skipped": 0}
+    for case in expected:  # every problem is in the summary too, for people who cannot see logs
+        assert any(f"/{case}/GED4.nii.gz" in warning for warning in report["warnings"])
     assert no_partial_files(out)
 
 
@@ -198,11 +206,15 @@ def test_weights_default_from_environment(tmp_path, trained_weights, care_input)
 
 
 def test_same_masks_as_bare_nnunet_predictor(tmp_path, trained_weights, real_mr):
-    """The wrapper adds I/O and checks only: voxels equal nnU-Net's own prediction of the file."""
+    """The wrapper adds I/O and checks only: voxels equal nnU-Net's own prediction of the file.
+    The volume is oblique but stored in the models' orientation, so reorienting it (see
+    test_orientation.py) is a no-op."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     import torch
 
-    image_path = _save(reoriented(real_mr, "oblique"), tmp_path / "in" / "case.nii.gz")
+    oblique = reorient(reoriented(real_mr, "oblique")).image
+    assert orientation_code(oblique) == CANONICAL and oblique.GetDirection()[1] != 0
+    image_path = _save(oblique, tmp_path / "in" / "case.nii.gz")
     ours = run_process("--input", image_path, "--output", tmp_path / "ours", "--weights",
                        trained_weights, "--fast", "--all-components")
     assert ours.returncode == 0, ours.stderr

@@ -36,6 +36,9 @@ class Segmentation:
     mask: np.ndarray
     detail: str
     uncertainty: np.ndarray | None = None
+    #: where and in which float format it ran (for the run summary)
+    device: str = "cpu"
+    precision: str = "fp32"
 
 
 class Engine(Protocol):

@@ -21,7 +21,7 @@ from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot.checkpoints import CHECKPOINTS, ResolvedCheckpoint, build_predictor, resolve_checkpoint
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
-from sslmedsam2.runtime import resolve_device
+from sslmedsam2.runtime import device_precision, resolve_device
 from sslmedsam2.orientation import reorient
 from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
 
@@ -99,6 +99,7 @@ class Sam2Engine:
                             self.config.max_supports, self.config.insertions,
                             self.config.support_stride)
         self._predictor = build_predictor(self.checkpoint, device, self.hydra_overrides)
+        log.info("sam2 %s on %s in %s", self.checkpoint.spec.name, device, device_precision(device))
 
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         self.load(sequence)
@@ -113,5 +114,6 @@ class Sam2Engine:
         used = key[: self.config.max_supports] if self.config.max_supports else key
         return Segmentation(
             mask=result.mask, uncertainty=result.uncertainty,
+            device=str(self._predictor.device), precision=device_precision(self._predictor.device),
             detail=f"sam2 {self.checkpoint.spec.name} supports={','.join(used)} "
                    f"insertions={self.config.insertions} encoder_frames={result.encoder_frames}")

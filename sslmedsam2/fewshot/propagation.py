@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sslmedsam2.fewshot.videos import FrameRef, InsertVideo
+from sslmedsam2.runtime import autocast, device_precision
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,9 @@ def quiet_progress() -> Iterator[None]:
 
 
 def autocast_for(predictor: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, as SAM2's own demos run; plain float32 elsewhere (CPU bf16 is slow
-    and changes the numbers)."""
-    if predictor.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast on GPUs with bf16 (as SAM2's own demos run), fp16 on older GPUs, plain
+    float32 on CPU (see ``runtime.precision_for``)."""
+    return autocast(predictor.device, device_precision(predictor.device))
 
 
 @contextlib.contextmanager
