@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from sslmedsam2.budget import DEFAULT_BUDGET_S
 from sslmedsam2.errors import SSLMedSAM2Error, UsageError
 
 log = logging.getLogger("sslmedsam2")
@@ -105,6 +106,12 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--configuration", default=None,
                      help="nnU-Net configuration (2d, 3d_fullres, ...). Default: 3d_fullres on a "
                           "GPU, 2d on CPU when the weights hold one")
+    how.add_argument("--time-budget", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
+                     help="per-case time the nnU-Net ensemble may take: before each case the cost "
+                          "is estimated from its sliding-window patches and the measured seconds "
+                          "per patch, and TTA, then folds, are dropped until it fits (logged and "
+                          f"in the summary). 0 = no limit. Default: {DEFAULT_BUDGET_S:.0f} "
+                          "(a 20-minute platform limit, less loading and a margin)")
     how.add_argument("--threads", type=int, default=None,
                      help="CPU threads for torch. Default: every CPU this process may use for "
                           "nnU-Net and atlas, 1 for SAM2 on CPU (faster on a shared box)")
@@ -122,7 +129,8 @@ def infer_settings(args: argparse.Namespace):
         input_path=args.input, output_dir=args.output,
         weights_dir=args.weights or default_weights_dir(), engines=args.engines,
         runtime=RuntimeOptions(device=args.device, tta=tta, folds=args.folds,
-                               configuration=args.configuration, threads=args.threads),
+                               configuration=args.configuration, threads=args.threads,
+                               time_budget=args.time_budget or None),
         sequences=args.sequences, default_sequence=args.default_sequence[0],
         slugs=GrandChallengeSlugs(input_slug=args.gc_input_slug, output_slug=args.gc_output_slug),
         largest_component=not args.all_components)
@@ -130,8 +138,10 @@ def infer_settings(args: argparse.Namespace):
 
 def run_infer(args: argparse.Namespace) -> int:
     from sslmedsam2.inference import run_inference
+    from sslmedsam2.runtime import private_caches
 
     setup_logging(args.verbose)
+    private_caches()
     return run_inference(infer_settings(args)).exit_code
 
 

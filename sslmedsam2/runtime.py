@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from sslmedsam2.errors import UsageError
 
@@ -18,6 +22,25 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+#: Where torch, matplotlib, triton and other XDG-following libraries cache things.
+CACHE_VARIABLES = ("MPLCONFIGDIR", "TORCH_HOME", "TRITON_CACHE_DIR", "XDG_CACHE_HOME")
+
+
+def private_caches() -> Path | None:
+    """Caches in a temp folder when HOME cannot be written (read-only containers run as a
+    stranger uid): libraries would otherwise warn, fail, or write next to the inputs. Variables
+    the user set win. Returns the folder (removed at exit), or None when HOME is writable."""
+    home = os.environ.get("HOME", "")
+    if home and os.access(home, os.W_OK):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="sslmedsam2-cache-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for name in CACHE_VARIABLES:
+        os.environ.setdefault(name, str(folder / name.lower()))
+    log.info("HOME (%s) is not writable: caches go to %s", home or "unset", folder)
+    return folder
 
 
 def resolve_device(name: str = "auto"):

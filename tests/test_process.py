@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import SimpleITK as sitk
 from sslmedsam2.inference import SUMMARY_NAME
 from sslmedsam2.nnunet_trainers import TRAINER_DIR
 from sslmedsam2.orientation import CANONICAL, orientation_code, reorient
-from sslmedsam2.runtime import scoped_environ
+from sslmedsam2.runtime import CACHE_VARIABLES, scoped_environ
 
 from conftest import GEOMETRIES, REPO, reoriented, run_process
 
@@ -244,22 +245,34 @@ def _container_sandbox_available() -> bool:
                     reason="needs unprivileged user+net+mount namespaces (unshare)")
 def test_container_contract(tmp_path, trained_weights, care_input):
     """As the platforms run it: no network, everything read-only but /output and a temp dir,
-    a non-root uid, no HOME to write to."""
+    a non-root uid, no HOME to write to, a 64 MB /dev/shm; the input stays byte-identical and
+    nothing is written under it."""
     root, images = care_input
     out, scratch = tmp_path / "output", tmp_path / "scratch"
     out.mkdir()
     scratch.mkdir()
+    before = input_fingerprint(root)
     inner = (f"mount --bind {out} {out} && mount --bind {scratch} {scratch} && "
+             "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
              "mount -o remount,bind,ro / && "
              "exec unshare --user --map-user=65534 --map-group=65534 \"$@\"")
+    unset_caches = [arg for name in CACHE_VARIABLES for arg in ("-u", name)]
     result = run_process(
         "--input", root, "--output", out, "--weights", trained_weights,
-        prefix=["unshare", "--user", "--map-root-user", "--net", "--mount", "sh", "-c", inner, "sh"],
-        env={"HOME": "/nonexistent", "TMPDIR": str(scratch), "MPLCONFIGDIR": str(scratch)})
+        prefix=["env", *unset_caches, "unshare", "--user", "--map-root-user", "--net", "--mount",
+                "sh", "-c", inner, "sh"],
+        env={"HOME": "/nonexistent", "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
     for case, image in images.items():
         assert_on_grid(out / "LiSeg_pred" / case / "GED4_pred.nii.gz", image)
-    assert not list(root.rglob("*_pred*"))
+    assert input_fingerprint(root) == before  # same files, same bytes
+    assert "caches go to" in result.stderr
+
+
+def input_fingerprint(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (any file added, removed or changed shows)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("min_dice, expected_rc", [("0", 0), ("1.01", 1)])

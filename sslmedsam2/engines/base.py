@@ -23,6 +23,8 @@ class RuntimeOptions:
     folds: tuple[str, ...] | None = None
     configuration: str | None = None
     threads: int | None = None
+    #: seconds per case the nnU-Net ensemble may take (None: no limit; see sslmedsam2.budget)
+    time_budget: float | None = None
 
 
 @dataclass

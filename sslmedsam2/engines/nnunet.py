@@ -11,9 +11,11 @@ one fold (``all`` when present), no TTA, and a 2d model when one exists; the log
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +23,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.budget import CasePlan, plan_case
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
 from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.nnunet_trainers import trainer_search_path
-from sslmedsam2.runtime import quiet_stdout, resolve_device, scoped_environ
+from sslmedsam2.runtime import autocast, quiet_stdout, resolve_device, scoped_environ
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class NnUNetEngine:
         self.models = dict(models or {})
         self.with_uncertainty = with_uncertainty
         self._loaded: dict[str, tuple[object, ModelChoice]] = {}
+        self._patch_seconds: dict[str, float] = {}
         self._device = None
 
     def _models(self, sequence: str) -> list[ModelFolder]:
@@ -150,17 +154,27 @@ class NnUNetEngine:
         predictor, choice = self._predictor(sequence)
         spacing_zyx = list(image.GetSpacing())[::-1]
         properties = {"spacing": spacing_zyx}
-        uncertainty = None
-        if self.with_uncertainty:
-            seg, probabilities = predictor.predict_single_npy_array(
-                volume_array(image)[None], properties, save_or_return_probabilities=True)
-            uncertainty = binary_entropy(np.asarray(probabilities[1], dtype=np.float32))
-        else:
-            seg = predictor.predict_single_npy_array(volume_array(image)[None], properties)
         patches = sliding_window_patches(predictor, image.GetSize()[::-1], spacing_zyx)
+        plan = plan_case(choice.folds, choice.tta, patches, self._patch_seconds.get(sequence, 0.0),
+                         mirror_count(predictor), self.options.time_budget)
+        if plan.degraded:
+            log.warning("nnunet %s: %s", sequence, "; ".join(plan.degraded))
+        uncertainty = None
+        with following(predictor, plan, choice):
+            if self.with_uncertainty:
+                seg, probabilities = predictor.predict_single_npy_array(
+                    volume_array(image)[None], properties, save_or_return_probabilities=True)
+                uncertainty = binary_entropy(np.asarray(probabilities[1], dtype=np.float32))
+            else:
+                seg = predictor.predict_single_npy_array(volume_array(image)[None], properties)
+        detail = f"{choice.model.configuration} {plan.describe()} patches={patches}"
+        if self.options.time_budget is not None:
+            detail += f" est={plan.estimate_s:.0f}s"
+        if plan.degraded:
+            detail += " [time budget: " + "; ".join(plan.degraded[1:]) + "]"
         # nnU-Net's predictor autocasts to fp16 on any GPU (the T4 included), fp32 on CPU
         return Segmentation(mask=(np.asarray(seg) == 1).astype(np.uint8), uncertainty=uncertainty,
-                            detail=f"{choice.describe()} patches={patches}", device=str(self._device),
+                            detail=detail, device=str(self._device),
                             precision="fp16" if self._device.type == "cuda" else "fp32")
 
     def _predictor(self, sequence: str):
@@ -197,7 +211,50 @@ class NnUNetEngine:
         log.info("nnunet %s: loaded %s (%s) on %s in %.1f s%s", sequence, choice.model.path.name,
                  choice.describe(), self._device, time.perf_counter() - started,
                  f" [{choice.reason}]" if choice.reason else "")
+        if self.options.time_budget is not None:
+            self._patch_seconds[sequence] = seconds_per_patch(predictor, self._device)
+            log.info("nnunet %s: %.3f s per patch on %s; per-case budget %.0f s", sequence,
+                     self._patch_seconds[sequence], self._device, self.options.time_budget)
         return predictor, choice
+
+
+def mirror_count(predictor) -> int:
+    """Network passes per patch with mirroring TTA (every subset of the mirrored axes)."""
+    return 2 ** len(predictor.allowed_mirroring_axes or ())
+
+
+def seconds_per_patch(predictor, device) -> float:
+    """One sliding-window patch through the network on ``device`` (after a warm-up pass)."""
+    import torch
+
+    patch = tuple(predictor.configuration_manager.patch_size)
+    channels = len(predictor.dataset_json["channel_names"])
+    network = predictor.network
+    network.load_state_dict(predictor.list_of_parameters[0])
+    network.eval()
+    batch = torch.zeros((1, channels, *patch), device=device)
+    precision = "fp16" if device.type == "cuda" else "fp32"  # as nnU-Net's predictor runs
+    with torch.inference_mode(), autocast(device, precision):
+        network(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        network(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def following(predictor, plan: CasePlan, choice: ModelChoice) -> Iterator[None]:
+    """The loaded predictor running ``plan``'s folds and TTA for one case."""
+    every_fold, mirroring = predictor.list_of_parameters, predictor.use_mirroring
+    predictor.list_of_parameters = [every_fold[choice.folds.index(f)] for f in plan.folds]
+    predictor.use_mirroring = plan.tta
+    try:
+        yield
+    finally:
+        predictor.list_of_parameters, predictor.use_mirroring = every_fold, mirroring
 
 
 def _fold_arg(fold: str) -> int | str:
