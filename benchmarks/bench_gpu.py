@@ -220,7 +220,7 @@ def epoch_seconds(checkpoint: Path) -> list[float]:
 
 
 def nnunet_section(sizes: Sizes, data: Path, work: Path, device: torch.device,
-                   workers: int) -> tuple[dict, Path]:
+                   workers: int, predict: bool = True) -> tuple[dict, Path]:
     """Stock plan on CARE-size data, a short real training, then timed predictions."""
     profile = TrainingProfile(
         name="gpu-bench", configuration="3d_fullres", folds=("all",), epochs=sizes.epochs,
@@ -247,6 +247,8 @@ def nnunet_section(sizes: Sizes, data: Path, work: Path, device: torch.device,
                "seconds_per_iteration": round(min(epochs[1:] or epochs) /
                                               (sizes.iterations + 2), 3),
                "plan_preprocess_train_s": round(fit_s, 1)}
+    if not predict:
+        return figures, weights
     volume = sitk.ReadImage(str(data / "query.nii.gz"))
     for label, folds, tta in (("1fold", ("0",), False), ("1fold_tta", ("0",), True),
                               ("5folds_tta", tuple(str(f) for f in range(5)), True)):
@@ -291,6 +293,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1),
                         help="nnU-Net data-augmentation workers while training")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed")
+    parser.add_argument("--train-only", action="store_true",
+                        help="nnunet: stop after training and export (weights for bench_memory.py)")
     parser.add_argument("--sections", nargs="+",
                         default=["env", "nnunet", "process", "tffs", "naive"])
     args = parser.parse_args()
@@ -318,7 +322,8 @@ def main() -> int:
                     figures = run(sizes, data, device)
                 elif section == "nnunet":
                     data = care_dataset(args.work / "query-grid", sizes, "query")
-                    figures, weights = nnunet_section(sizes, data, args.work, device, args.workers)
+                    figures, weights = nnunet_section(sizes, data, args.work, device, args.workers,
+                                                     predict=not args.train_only)
                 else:
                     if weights is None:
                         raise RuntimeError("needs the nnunet section first")
