@@ -38,6 +38,14 @@ def test_each_degradation_step(budget, folds, tta, steps):
         assert "still over budget" in plan.degraded[-1]
 
 
+def test_fixed_costs_count_against_the_budget():
+    """Resampling a huge volume costs the same whatever the ensemble: it leaves less for TTA."""
+    kwargs = dict(patches=20, seconds_per_patch=0.5, mirrors=8, budget_s=full_cost() + 1)
+    assert plan_case(FIVE, True, **kwargs).tta
+    assert not plan_case(FIVE, True, fixed_s=10.0, **kwargs).tta
+    assert plan_case(FIVE, True, fixed_s=10.0, **kwargs).estimate_s == full_cost(5, False) + 10.0
+
+
 def test_no_tta_asked_means_folds_go_first():
     plan = plan_case(FIVE, False, patches=20, seconds_per_patch=0.5, mirrors=8,
                      budget_s=full_cost(3, False))

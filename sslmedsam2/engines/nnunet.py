@@ -23,12 +23,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
-from sslmedsam2.budget import CasePlan, plan_case
+from sslmedsam2.budget import CasePlan, fixed_seconds, plan_case
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
 from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.nnunet_trainers import trainer_search_path
-from sslmedsam2.runtime import autocast, quiet_stdout, resolve_device, scoped_environ
+from sslmedsam2.runtime import available_cpus, quiet_stdout, resolve_device, scoped_environ
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,11 @@ class NnUNetEngine:
         spacing_zyx = list(image.GetSpacing())[::-1]
         properties = {"spacing": spacing_zyx}
         patches = sliding_window_patches(predictor, image.GetSize()[::-1], spacing_zyx)
-        plan = plan_case(choice.folds, choice.tta, patches, self._patch_seconds.get(sequence, 0.0),
-                         mirror_count(predictor), self.options.time_budget)
+        seconds = self._patch_seconds.get(sequence)
+        voxels = int(np.prod(image.GetSize()))
+        plan = plan_case(choice.folds, choice.tta, patches, seconds or 0.0, mirror_count(predictor),
+                         self.options.time_budget if seconds is not None else None,
+                         fixed_s=fixed_seconds(voxels, available_cpus()))
         if plan.degraded:
             log.warning("nnunet %s: %s", sequence, "; ".join(plan.degraded))
         uncertainty = None
@@ -168,7 +171,7 @@ class NnUNetEngine:
             else:
                 seg = predictor.predict_single_npy_array(volume_array(image)[None], properties)
         detail = f"{choice.model.configuration} {plan.describe()} patches={patches}"
-        if self.options.time_budget is not None:
+        if seconds is not None:
             detail += f" est={plan.estimate_s:.0f}s"
         if plan.degraded:
             detail += " [time budget: " + "; ".join(plan.degraded[1:]) + "]"
@@ -212,9 +215,14 @@ class NnUNetEngine:
                  choice.describe(), self._device, time.perf_counter() - started,
                  f" [{choice.reason}]" if choice.reason else "")
         if self.options.time_budget is not None:
-            self._patch_seconds[sequence] = seconds_per_patch(predictor, self._device)
-            log.info("nnunet %s: %.3f s per patch on %s; per-case budget %.0f s", sequence,
-                     self._patch_seconds[sequence], self._device, self.options.time_budget)
+            try:
+                self._patch_seconds[sequence] = seconds_per_patch(predictor, self._device)
+            except Exception as exc:  # the estimate must never cost a case its mask
+                log.warning("nnunet %s: could not time a patch (%s: %s); the time budget is not "
+                            "applied", sequence, type(exc).__name__, str(exc)[:200])
+            else:
+                log.info("nnunet %s: %.3f s per patch on %s; per-case budget %.0f s", sequence,
+                         self._patch_seconds[sequence], self._device, self.options.time_budget)
         return predictor, choice
 
 
@@ -224,25 +232,26 @@ def mirror_count(predictor) -> int:
 
 
 def seconds_per_patch(predictor, device) -> float:
-    """One sliding-window patch through the network on ``device`` (after a warm-up pass)."""
+    """One sliding-window patch through nnU-Net's own prediction code on ``device`` (its
+    autocast and dtypes), after a warm-up pass, without mirroring."""
     import torch
 
     patch = tuple(predictor.configuration_manager.patch_size)
     channels = len(predictor.dataset_json["channel_names"])
-    network = predictor.network
-    network.load_state_dict(predictor.list_of_parameters[0])
-    network.eval()
-    batch = torch.zeros((1, channels, *patch), device=device)
-    precision = "fp16" if device.type == "cuda" else "fp32"  # as nnU-Net's predictor runs
-    with torch.inference_mode(), autocast(device, precision):
-        network(batch)
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    mirroring, predictor.use_mirroring = predictor.use_mirroring, False
+    try:
+        batch = torch.zeros((channels, *patch))
+        predictor.predict_sliding_window_return_logits(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        network(batch)
+        predictor.predict_sliding_window_return_logits(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return time.perf_counter() - started
+        return time.perf_counter() - started
+    finally:
+        predictor.use_mirroring = mirroring
 
 
 @contextlib.contextmanager
