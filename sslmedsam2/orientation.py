@@ -44,8 +44,9 @@ class Reoriented:
         moved = sitk.GetImageFromArray(array)
         moved.CopyInformation(self.image)
         back = sitk.GetArrayFromImage(sitk.DICOMOrient(moved, self.source_code))
-        if back.shape != sitk.GetArrayViewFromImage(self.source).shape:
-            raise AssertionError(f"reorientation did not invert: {back.shape} vs source")
+        if back.shape != sitk.GetArrayViewFromImage(self.source).shape:  # a bug, never input
+            raise RuntimeError(f"reorienting {self.source_code} back gave shape {back.shape}, not "
+                               f"the input's {sitk.GetArrayViewFromImage(self.source).shape}")
         return back
 
 
