@@ -14,7 +14,7 @@ folder, so a rerun resumes instead of starting over. Writes the table to stdout 
 to ``--json`` (default benchmarks/ssl_miniature.json).
 
     python benchmarks/bench_ssl.py --work runs/bench-ssl [--unlabelled 12] [--test 6] [--profile cpu-quick]
-                                   [--epochs N] [--ignore BITS] [--json FILE]
+                                   [--epochs N] [--ignore BITS] [--variability V] [--json FILE]
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def main() -> int:
     parser.add_argument("--ignore", type=float, default=None,
                         help="uncertainty (bits) above which pseudo-label voxels are ignored "
                              "(default: off, as in the paper)")
+    parser.add_argument("--variability", type=float, default=1.0,
+                        help="make-example's anatomy spread (new --work folders only)")
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--convergence", type=float, default=0.98)
     parser.add_argument("--seed", type=int, default=0)
@@ -85,7 +87,8 @@ def main() -> int:
     data_root = args.work / "data"
     if not (data_root / "example.json").is_file():
         make_example(ExampleConfig(out_dir=data_root, cases=args.unlabelled + 3,
-                                   test_cases=args.test, labelled_per_vendor=1, seed=args.seed),
+                                   test_cases=args.test, labelled_per_vendor=1, seed=args.seed,
+                                   variability=args.variability),
                      progress=False)
     full = fully_labelled_copy(data_root / "train", data_root / "ground_truth" / "train",
                                args.work / "train_fully_labelled", "GED4")
@@ -115,7 +118,7 @@ def main() -> int:
                     "holdout_dice_mean": r.holdout_dice_mean, "holdout_hd95_mean": r.holdout_hd95_mean,
                     "seconds": r.seconds} for r in ssl],
         "settings": {"profile": args.profile, "epochs": args.epochs, "ignore": args.ignore,
-                     "folds": ["all"], "labelled": 3,
+                     "variability": args.variability, "folds": ["all"], "labelled": 3,
                      "unlabelled": args.unlabelled, "held_out": args.test, "seed": args.seed,
                      "max_rounds": args.max_rounds, "convergence_dice": args.convergence},
         "seconds": {"labelled_only": round(t_lab), "ssl": round(t_ssl), "fully_supervised": round(t_full),

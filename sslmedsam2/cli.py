@@ -166,7 +166,8 @@ def run_make_example(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     dataset = make_example(ExampleConfig(
         out_dir=args.out, cases=args.cases, test_cases=args.test_cases,
-        labelled_per_vendor=args.labelled_per_vendor, seed=args.seed), progress=not args.quiet)
+        labelled_per_vendor=args.labelled_per_vendor, seed=args.seed,
+        variability=args.variability), progress=not args.quiet)
     log.info("example dataset in %s: training cases in %s, test input in %s, ground truth in %s",
              dataset.root, dataset.train_dir, dataset.test_input_dir, dataset.ground_truth_dir)
     return 0
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--labelled-per-vendor", type=int, default=2,
                          help="training cases per vendor with a GED4 mask (default 2)")
     example.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    example.add_argument("--variability", type=float, default=1.0,
+                         help="how much patients differ (deformation and pose ranges x this; "
+                              "default 1, at most 4)")
     example.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     example.add_argument("-v", "--verbose", action="store_true")
     example.set_defaults(func=run_make_example)

@@ -89,6 +89,10 @@ class ExampleConfig:
     labelled_per_vendor: int = 2
     seed: int = 0
     vendors: tuple[str, ...] = ("A", "B1", "B2")
+    #: Scales how much patients differ (deformation amplitude; affine scale, rotation and shift
+    #: ranges). 1 is the default anatomy spread; larger values make a few labels cover less of
+    #: it, which is what a semi-supervised benchmark needs to show anything.
+    variability: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -119,6 +123,8 @@ class ExampleConfig:
             raise ValueError(f"test_cases={self.test_cases} must be >= 0")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed} must be >= 0")
+        if not 0 < self.variability <= 4:
+            raise ValueError(f"variability={self.variability} must lie in (0, 4]")
         if self.labelled_per_vendor < 1:
             raise ValueError(f"labelled_per_vendor={self.labelled_per_vendor} must be >= 1: "
                              "the few-shot branch needs at least one labelled support per vendor")
@@ -239,17 +245,17 @@ def _pad_seed(stack: np.ndarray) -> np.ndarray:
 # Geometry: random deformation and vendor grids
 
 
-def _rotation(rng: np.random.Generator) -> np.ndarray:
+def _rotation(rng: np.random.Generator, variability: float = 1.0) -> np.ndarray:
     """Small rotation: a few degrees about z (axial plane), less about x and y."""
-    ax, ay = np.deg2rad(rng.uniform(-2.0, 2.0, size=2))
-    az = np.deg2rad(rng.uniform(-5.0, 5.0))
+    ax, ay = np.deg2rad(rng.uniform(-2.0 * variability, 2.0 * variability, size=2))
+    az = np.deg2rad(rng.uniform(-5.0 * variability, 5.0 * variability))
     rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
     return rz @ ry @ rx
 
 
-def _bspline(rng: np.random.Generator, seed: SeedAnatomy) -> sitk.BSplineTransform:
+def _bspline(rng: np.random.Generator, seed: SeedAnatomy, variability: float = 1.0) -> sitk.BSplineTransform:
     """Coarse-mesh B-spline with random control-point displacements (about 4 mm in-plane, 2 mm in z).
 
     Its domain is the padded seed box, so points just outside the seed (extrapolated slices)
@@ -261,24 +267,26 @@ def _bspline(rng: np.random.Generator, seed: SeedAnatomy) -> sitk.BSplineTransfo
     domain.SetOrigin(origin)
     transform = sitk.BSplineTransformInitializer(domain, [4, 4, 2], order=3)
     n_points = len(transform.GetParameters()) // 3
-    sigma = (4.0, 4.0, 2.0)
+    sigma = (4.0 * variability, 4.0 * variability, 2.0 * variability)
     params = np.concatenate([rng.normal(0.0, s, n_points) for s in sigma])  # all x, all y, all z
     transform.SetParameters(params.tolist())
     return transform
 
 
-def anatomy_transform(rng: np.random.Generator, seed: SeedAnatomy) -> sitk.Transform:
+def anatomy_transform(rng: np.random.Generator, seed: SeedAnatomy,
+                      variability: float = 1.0) -> sitk.Transform:
     """Random patient: small affine (scale 0.9-1.1, rotation, shift) plus a smooth deformation.
 
     Maps points of the generated case to points of the seed (SimpleITK's resampling convention).
     """
     affine = sitk.AffineTransform(3)
     affine.SetCenter(seed.body_centre)
-    scale = rng.uniform(0.9, 1.1) * rng.uniform(0.97, 1.03, size=3)
-    affine.SetMatrix((_rotation(rng) @ np.diag(scale)).ravel().tolist())
-    affine.SetTranslation(rng.uniform(-5.0, 5.0, size=3).tolist())
+    spread = 0.1 * variability
+    scale = rng.uniform(1 - spread, 1 + spread) * rng.uniform(0.97, 1.03, size=3)
+    affine.SetMatrix((_rotation(rng, variability) @ np.diag(scale)).ravel().tolist())
+    affine.SetTranslation(rng.uniform(-5.0 * variability, 5.0 * variability, size=3).tolist())
     # CompositeTransform applies its last transform first: B-spline, then affine.
-    return _sampled(sitk.CompositeTransform([affine, _bspline(rng, seed)]), seed)
+    return _sampled(sitk.CompositeTransform([affine, _bspline(rng, seed, variability)]), seed)
 
 
 def _sampled(transform: sitk.Transform, seed: SeedAnatomy, spacing_mm: float = 5.0) -> sitk.Transform:
@@ -449,11 +457,12 @@ def plan_cases(config: ExampleConfig) -> list[CasePlan]:
     return plans
 
 
-def generate_case(seed: SeedAnatomy, plan: CasePlan, base_seed: int) -> dict[str, GeneratedSequence]:
+def generate_case(seed: SeedAnatomy, plan: CasePlan, base_seed: int,
+                  variability: float = 1.0) -> dict[str, GeneratedSequence]:
     """GED4 and T1 of one case, each on its own grid, with its ground-truth mask."""
     rng = np.random.default_rng((base_seed, plan.index))
     profile = VENDOR_PROFILES[plan.vendor]
-    transform = anatomy_transform(rng, seed)
+    transform = anatomy_transform(rng, seed, variability)
     centre = np.asarray(seed.body_centre) + rng.uniform([-10, -10, -3], [10, 10, 3])
     # T1 is another acquisition: a shifted field of view and a different breath hold.
     t1_centre = centre + rng.uniform([-15, -15, -4], [15, 15, 4])
@@ -559,7 +568,7 @@ def make_example(config: ExampleConfig, progress: bool = True) -> ExampleDataset
     records: list[dict[str, Any]] = []
     plans = plan_cases(config)
     for plan in tqdm(plans, desc="example cases", unit="case", file=sys.stderr, disable=not progress):
-        sequences = generate_case(seed, plan, config.seed)
+        sequences = generate_case(seed, plan, config.seed, config.variability)
         cases.append(write_case(root, plan, sequences))
         records.append({"case": plan.case_id, "index": plan.index, "vendor": plan.vendor,
                         "split": plan.split, "labelled": plan.labelled,

@@ -197,6 +197,8 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path: Path) -> None:
     (dict(vendors=("A", "Z")), "unknown vendor"),
     (dict(cases=3.5), "must be an integer"),
     (dict(cases=9000, test_cases=1000), "9999"),
+    (dict(variability=0.0), "variability=0.0 must lie in"),
+    (dict(variability=5.0), "variability=5.0 must lie in"),
 ])
 def test_config_validation(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -205,3 +207,17 @@ def test_config_validation(tmp_path: Path, overrides: dict, message: str) -> Non
 
 def test_config_accepts_str_path(tmp_path: Path) -> None:
     assert ExampleConfig(str(tmp_path)).out_dir == tmp_path  # type: ignore[arg-type]
+
+
+def test_variability_widens_the_anatomy(tmp_path: Path) -> None:
+    """Larger variability: liver volumes spread further around the seed's (same seed, same
+    cases, only the deformation and pose ranges scaled)."""
+    def liver_volumes(variability: float) -> np.ndarray:
+        data = make_example(ExampleConfig(tmp_path / str(variability), cases=6, test_cases=0,
+                                          labelled_per_vendor=1, vendors=("A",),
+                                          variability=variability), progress=False)
+        manifest = json.loads((data.root / "example.json").read_text())
+        assert manifest["config"]["variability"] == variability
+        return np.array([c["grids"]["GED4"]["liver_ml"] for c in manifest["cases"]])
+
+    assert liver_volumes(3.0).std() > 1.5 * liver_volumes(1.0).std()
