@@ -45,6 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_inference import on_grid  # noqa: E402
 from sslmedsam2.engines.base import RuntimeOptions  # noqa: E402
 from sslmedsam2.engines.nnunet import NnUNetEngine  # noqa: E402
 from sslmedsam2.example import ExampleConfig, make_example  # noqa: E402
@@ -97,17 +98,6 @@ class Report:
         for section, values in self.sections.items():
             lines += [f"## {section}", ""] + [f"- {k}: {v}" for k, v in values.items()] + [""]
         (self.out / "results.md").write_text("\n".join(lines))
-
-
-def on_grid(image: sitk.Image, size, spacing, interpolator, outside: float) -> sitk.Image:
-    """``image`` resampled onto a grid of ``size``/``spacing`` centred on its field of view."""
-    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    reference = sitk.Image(list(size), image.GetPixelID())
-    reference.SetSpacing(spacing)
-    reference.SetDirection(image.GetDirection())
-    offset = reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size])
-    reference.SetOrigin([o + c - f for o, c, f in zip(reference.GetOrigin(), centre, offset)])
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, outside)
 
 
 def care_dataset(root: Path, sizes: Sizes, grid: str) -> Path:

@@ -47,16 +47,24 @@ MAX_RSS = "import resource,subprocess,sys; r=subprocess.run(sys.argv[1:]); " \
           "print('MAX_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
 
 
+def on_grid(image: sitk.Image, size, spacing, interpolator=sitk.sitkLinear, outside: float = 0.0,
+            pixel_type: int | None = None) -> sitk.Image:
+    """``image`` resampled onto a grid of ``size``/``spacing``, same direction, centred on its
+    field of view."""
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    reference = sitk.Image(list(size), image.GetPixelID())
+    reference.SetSpacing(spacing)
+    reference.SetDirection(image.GetDirection())
+    offset = reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size])
+    reference.SetOrigin([o + c - f for o, c, f in zip(reference.GetOrigin(), centre, offset)])
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, outside,
+                         image.GetPixelID() if pixel_type is None else pixel_type)
+
+
 def care_size_volume(source: Path, target: Path) -> Path:
     """Resample a case onto CARE vendor A's GED4 grid, centred on the original field of view."""
-    image = sitk.ReadImage(str(source))
-    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    reference = sitk.Image(CARE_SIZE, sitk.sitkInt16)
-    reference.SetSpacing(CARE_SPACING)
-    reference.SetDirection(image.GetDirection())
-    offset = reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in CARE_SIZE])
-    reference.SetOrigin([o + c - f for o, c, f in zip(reference.GetOrigin(), centre, offset)])
-    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkInt16)
+    resampled = on_grid(sitk.ReadImage(str(source)), CARE_SIZE, CARE_SPACING,
+                        pixel_type=sitk.sitkInt16)
     target.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(resampled, str(target))
     return target

@@ -36,7 +36,12 @@ class CasePlan:
     degraded: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"folds={','.join(self.folds)} tta={'on' if self.tta else 'off'}"
+        return ensemble_text(self.folds, self.tta)
+
+
+def ensemble_text(folds: tuple[str, ...], tta: bool) -> str:
+    """``folds=0,1 tta=on``: how logs and summaries name an ensemble."""
+    return f"folds={','.join(folds)} tta={'on' if tta else 'off'}"
 
 
 def estimate_seconds(patches: int, folds: int, tta: bool, seconds_per_patch: float,

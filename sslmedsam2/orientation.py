@@ -35,7 +35,7 @@ class Reoriented:
 
     image: sitk.Image
     source_code: str
-    source: sitk.Image
+    source_shape: tuple[int, ...]  # (z, y, x) of the volume as it came
 
     def restore(self, array: np.ndarray) -> np.ndarray:
         """A (z, y, x) array on ``image``'s grid, on the source volume's grid."""
@@ -44,9 +44,9 @@ class Reoriented:
         moved = sitk.GetImageFromArray(array)
         moved.CopyInformation(self.image)
         back = sitk.GetArrayFromImage(sitk.DICOMOrient(moved, self.source_code))
-        if back.shape != sitk.GetArrayViewFromImage(self.source).shape:  # a bug, never input
+        if back.shape != self.source_shape:  # a bug, never input
             raise RuntimeError(f"reorienting {self.source_code} back gave shape {back.shape}, not "
-                               f"the input's {sitk.GetArrayViewFromImage(self.source).shape}")
+                               f"the input's {self.source_shape}")
         return back
 
 
@@ -54,7 +54,7 @@ def reorient(image: sitk.Image, code: str = CANONICAL) -> Reoriented:
     """``image`` with its voxel axes permuted/flipped to ``code`` (a no-op when already so)."""
     source_code = orientation_code(image)
     moved = image if source_code == code else sitk.DICOMOrient(image, code)
-    return Reoriented(image=moved, source_code=source_code, source=image)
+    return Reoriented(image=moved, source_code=source_code, source_shape=tuple(image.GetSize()[::-1]))
 
 
 def segment_in_orientation(engine: "Engine", image: sitk.Image, sequence: str, vendor: str | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -67,8 +68,10 @@ def precision_for(device_type: str, bf16_supported: bool) -> str:
     return "bf16" if bf16_supported else "fp16"
 
 
+@functools.lru_cache(maxsize=None)
 def device_precision(device) -> str:
-    """``precision_for`` of a torch device, asking the GPU what it supports."""
+    """``precision_for`` of a torch device, asking the GPU what it supports (once per device:
+    SAM2 asks before every propagation)."""
     import torch
 
     supported = device.type == "cuda" and torch.cuda.is_bf16_supported()

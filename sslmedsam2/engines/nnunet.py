@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
-from sslmedsam2.budget import CasePlan, fixed_seconds, plan_case
+from sslmedsam2.budget import CasePlan, ensemble_text, fixed_seconds, plan_case
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
 from sslmedsam2.postprocess import binary_entropy
@@ -56,8 +56,7 @@ class ModelChoice:
     reason: str
 
     def describe(self) -> str:
-        folds = ",".join(self.folds)
-        return f"{self.model.configuration} folds={folds} tta={'on' if self.tta else 'off'}"
+        return f"{self.model.configuration} {ensemble_text(self.folds, self.tta)}"
 
 
 def sequence_dir(weights_dir: Path, sequence: str) -> Path:

@@ -245,9 +245,8 @@ class SemiSupervisedRun:
         queries = [Query(s.case, s.image, s.vendor) for s in cases.labelled]
         out = folder / "labelled_fit"
         self._label(engine, queries, out, cases.sequence)
-        scores = [dice(sitk.GetArrayViewFromImage(sitk.ReadImage(str(mask))) > 0,
-                       sitk.GetArrayViewFromImage(sitk.ReadImage(str(s.mask))) > 0)
-                  for s in cases.labelled if (mask := out / s.case / f"{cases.sequence}.nii.gz").is_file()]
+        scores = [mask_dice(mask, s.mask) for s in cases.labelled
+                  if (mask := out / s.case / f"{cases.sequence}.nii.gz").is_file()]
         return round(float(np.mean(scores)), 4) if scores else None
 
     def _final(self, cases: SequenceCases, last: StepRecord | None) -> tuple[StepRecord, Path]:
@@ -384,11 +383,16 @@ def change_between(previous: Path, current: Path, queries: list[Query],
     for query in queries:
         a, b = (folder / query.case / f"{sequence}.nii.gz" for folder in (previous, current))
         if a.is_file() and b.is_file():
-            scores.append(dice(sitk.GetArrayViewFromImage(sitk.ReadImage(str(a))) > 0,
-                               sitk.GetArrayViewFromImage(sitk.ReadImage(str(b))) > 0))
+            scores.append(mask_dice(a, b))
     if not scores:
         return None, None
     return round(float(np.mean(scores)), 4), round(float(np.min(scores)), 4)
+
+
+def mask_dice(a: Path, b: Path) -> float:
+    """Dice of two mask files on the same grid (any non-zero voxel is foreground)."""
+    return dice(sitk.GetArrayViewFromImage(sitk.ReadImage(str(a))) > 0,
+                sitk.GetArrayViewFromImage(sitk.ReadImage(str(b))) > 0)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
