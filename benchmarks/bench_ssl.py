@@ -93,8 +93,9 @@ def main() -> int:
     full = fully_labelled_copy(data_root / "train", data_root / "ground_truth" / "train",
                                args.work / "train_fully_labelled", "GED4")
     labelled_only, t_lab = arm("labelled_only", data_root / "train", "none", args, data_root, 0)
-    ssl, t_ssl = arm("ssl", data_root / "train", "atlas", args, data_root, args.max_rounds)
+    # The two reference arms first: if 3 labels already match all of them, the SSL arm can show nothing.
     fully, t_full = arm("fully_supervised", full, "none", args, data_root, 0)
+    ssl, t_ssl = arm("ssl", data_root / "train", "atlas", args, data_root, args.max_rounds)
 
     rows = [("labelled-only nnU-Net (3 cases)", labelled_only[-1], t_lab)]
     rows += [(f"SSL {r.step.replace('_', ' ')}" + (" (atlas pseudo labels)" if r.step == "round_00"

@@ -54,7 +54,10 @@ def _working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         return image
     size = [max(2, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
     sigma = [max(0.5 * s, (t - s) / 2) for s, t in zip(image.GetSpacing(), spacing)]
-    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma)
+    if min(image.GetSize()) >= 4:
+        smoothed = sitk.SmoothingRecursiveGaussian(image, sigma)
+    else:  # the recursive filter needs 4 voxels along every axis; thin volumes get a kernel
+        smoothed = sitk.DiscreteGaussian(image, [g * g for g in sigma], 32, 0.01, True)
     return sitk.Resample(smoothed, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
                          spacing, image.GetDirection(), 0.0, sitk.sitkFloat32)
 
@@ -74,14 +77,23 @@ def _method(config: AtlasConfig, iterations: int) -> sitk.ImageRegistrationMetho
     return method
 
 
+def _set_pyramid(method: sitk.ImageRegistrationMethod, images: tuple[sitk.Image, ...],
+                 shrinks: list[int], sigmas: list[float]) -> None:
+    """The multi-resolution levels, or for a volume thinner than the 4 voxels ITK's smoothing
+    needs along every axis, one unsmoothed full-size level."""
+    thin = min(min(image.GetSize()) for image in images) < 4
+    levels = [(1, 0.0)] if thin else list(zip(shrinks, sigmas))
+    method.SetShrinkFactorsPerLevel([f for f, _ in levels])
+    method.SetSmoothingSigmasPerLevel([s for _, s in levels])
+
+
 def register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig) -> sitk.Transform:
     """Moving (support) -> fixed (query): a moments-centred affine stage, then optionally B-spline."""
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
     affine = _method(config, config.affine_iterations)
     affine.SetInitialTransform(initial, inPlace=False)
-    affine.SetShrinkFactorsPerLevel([4, 2, 1])
-    affine.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    _set_pyramid(affine, (fixed, moving), [4, 2, 1], [2.0, 1.0, 0.0])
     affine_transform = affine.Execute(fixed, moving)
     if not config.deformable:
         return affine_transform
@@ -91,8 +103,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig) -> sitk
     deformable = _method(config, config.bspline_iterations)
     deformable.SetMovingInitialTransform(affine_transform)
     deformable.SetInitialTransform(bspline, inPlace=True)
-    deformable.SetShrinkFactorsPerLevel([2, 1])
-    deformable.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    _set_pyramid(deformable, (fixed, moving), [2, 1], [1.0, 0.0])
     deformable.Execute(fixed, moving)
     return sitk.CompositeTransform([affine_transform, bspline])
 

@@ -107,10 +107,11 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                      help="nnU-Net configuration (2d, 3d_fullres, ...). Default: 3d_fullres on a "
                           "GPU, 2d on CPU when the weights hold one")
     how.add_argument("--time-budget", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
-                     help="per-case time the nnU-Net ensemble may take: before each case the cost "
-                          "is estimated from its sliding-window patches and the measured seconds "
-                          "per patch, and TTA, then folds, are dropped until it fits (logged and "
-                          f"in the summary). 0 = no limit. Default: {DEFAULT_BUDGET_S:.0f} "
+                     help="per-case time a segmentation may take: before each case the cost is "
+                          "estimated from costs measured at load; nnU-Net drops TTA, then folds, "
+                          "SAM2 drops insertions, then supports, until it fits, and hands the case "
+                          "to the next engine (atlas) when nothing fits (all logged and in the "
+                          f"summary). 0 = no limit. Default: {DEFAULT_BUDGET_S:.0f} "
                           "(a 20-minute platform limit, less loading and a margin)")
     how.add_argument("--threads", type=int, default=None,
                      help="CPU threads for torch. Default: every CPU this process may use for "
@@ -138,17 +139,13 @@ def infer_settings(args: argparse.Namespace):
 
 def run_infer(args: argparse.Namespace) -> int:
     from sslmedsam2.inference import run_inference
-    from sslmedsam2.runtime import private_caches
 
-    setup_logging(args.verbose)
-    private_caches()
     return run_inference(infer_settings(args)).exit_code
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from sslmedsam2.evaluation import evaluate_folders, failures, summary_table, write_csv
 
-    setup_logging(args.verbose)
     results = evaluate_folders(args.pred, args.gt, progress=not args.quiet, sequences=args.sequences)
     if args.out:
         write_csv(results, args.out)
@@ -163,7 +160,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_make_example(args: argparse.Namespace) -> int:
     from sslmedsam2.example import ExampleConfig, make_example
 
-    setup_logging(args.verbose)
     dataset = make_example(ExampleConfig(
         out_dir=args.out, cases=args.cases, test_cases=args.test_cases,
         labelled_per_vendor=args.labelled_per_vendor, seed=args.seed,
@@ -180,7 +176,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(TEMPLATE)
         return 0
-    setup_logging(args.verbose)
     overrides = {key: value for key, value in (
         ("data.train", args.data and str(args.data.resolve())),
         ("data.sequences", args.sequences and list(args.sequences)),
@@ -211,7 +206,6 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label
     from sslmedsam2.supports import find_supports
 
-    setup_logging(args.verbose)
     try:
         shard = Shard.parse(args.shard)
     except ValueError as exc:
@@ -256,7 +250,6 @@ def run_montage(args: argparse.Namespace) -> int:
 
     import SimpleITK as sitk
 
-    setup_logging(args.verbose)
     masks = {}
     for item in args.mask:
         name, _, path = item.partition("=")
@@ -397,8 +390,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Run a parsed command; user-facing errors become one log line and exit code 1."""
+    """Run a parsed command; user-facing errors become one log line and exit code 1. Every
+    command (inference, training, pseudo labels, montages) runs in a container whose HOME may be
+    read-only, so library caches are redirected first when it is."""
+    from sslmedsam2.runtime import private_caches
+
+    setup_logging(getattr(args, "verbose", False))
     try:
+        private_caches()
         return args.func(args)
     except SSLMedSAM2Error as exc:
         log.error("%s", exc)

@@ -22,7 +22,7 @@ from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask, write_text_atomic
 from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
 from sslmedsam2.manifest import verify_manifest
-from sslmedsam2.orientation import CANONICAL, segment_in_orientation
+from sslmedsam2.orientation import CANONICAL, reorient, segment_reoriented
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.sequences import GED4
@@ -154,21 +154,23 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings, orien
     if not _requested(sequence, job, settings):
         record.status, record.message = "skipped", f"{sequence} not in --sequences"
         return record
-    engine = next((e for e in engines if e.can_segment(sequence)), None)
-    if engine is None and not _required(sequence, job, settings):
+    candidates = [e for e in engines if e.can_segment(sequence)]
+    if not candidates and not _required(sequence, job, settings):
         record.status, record.message = "skipped", f"no model for {sequence}"
         log.info("%s case %s %s: skipped (no engine serves %s)", progress, job.case, sequence,
                  sequence)
         return record
     try:
-        if engine is None:
+        if not candidates:
             needs = "; or ".join(e.missing(sequence) for e in engines)
             raise EngineUnavailableError(f"{job.input_path}: no engine can segment {sequence}: "
                                          f"missing {needs}")
-        engine.load(sequence)  # once per sequence; logged apart, not part of the case's time
+        candidates[0].load(sequence)  # once per sequence; logged apart, not part of the case's time
         started = time.perf_counter()
         image = read_volume(job.input_path)
-        segmentation = segment_in_orientation(engine, image, sequence, job.vendor, orientation)
+        moved = reorient(image, orientation)
+        engine = _affordable(candidates, moved.image, sequence, job.vendor)
+        segmentation = segment_reoriented(engine, moved, sequence, job.vendor)
         mask = largest_component(segmentation.mask) if settings.largest_component else segmentation.mask
         write_mask(mask, image, job.output_path)
         record.output, record.engine = str(job.output_path), engine.name
@@ -187,6 +189,19 @@ def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings, orien
     else:
         log.error("%s %s", progress, record.message.splitlines()[0] if record.message else "error")
     return record
+
+
+def _affordable(candidates: list[Engine], image, sequence: str, vendor: str | None) -> Engine:
+    """The first engine that can segment ``image`` within the time budget; the last one serves
+    whatever its cost, since a late mask beats none."""
+    for engine, following in zip(candidates, candidates[1:]):
+        engine.load(sequence)
+        reason = engine.over_budget(image, sequence, vendor)
+        if reason is None:
+            return engine
+        log.warning("%s %s: %s; %s serves this case instead", engine.name, sequence, reason,
+                    following.name)
+    return candidates[-1]
 
 
 def _requested(sequence: str, job: Job, settings: InferenceSettings) -> bool:

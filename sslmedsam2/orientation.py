@@ -61,8 +61,14 @@ def segment_in_orientation(engine: "Engine", image: sitk.Image, sequence: str, v
                            code: str = CANONICAL) -> "Segmentation":
     """``engine.segment`` on ``image`` reoriented to ``code``; the mask and uncertainty come back
     on ``image``'s own grid."""
+    return segment_reoriented(engine, reorient(image, code), sequence, vendor)
+
+
+def segment_reoriented(engine: "Engine", moved: Reoriented, sequence: str,
+                       vendor: str | None) -> "Segmentation":
+    """``engine.segment`` on an already reoriented volume, the result on the source's grid."""
     from sslmedsam2.engines.base import Segmentation
-    moved = reorient(image, code)
+    code = orientation_code(moved.image)
     result = engine.segment(moved.image, sequence, vendor=vendor)
     uncertainty = None if result.uncertainty is None else moved.restore(result.uncertainty)
     detail = result.detail if moved.source_code == code else \

@@ -18,7 +18,7 @@ from sslmedsam2.metrics import compute_metrics
 from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label
 from sslmedsam2.supports import find_supports, same_vendor_first
 
-from conftest import reoriented, run_process
+from conftest import SEED_DIR, reoriented, run_process
 from test_process import assert_on_grid, summary
 
 
@@ -62,6 +62,19 @@ def test_atlas_output_on_awkward_query_grids(tmp_path, supports, real_mr):
         segmentation = engine.segment(query, "GED4")
         assert segmentation.mask.shape == query.GetSize()[::-1]
         assert segmentation.mask.any()
+
+
+@pytest.mark.parametrize("slices", [1, 3])
+def test_atlas_on_a_thin_volume(real_mr, slices):
+    """Fewer slices than ITK's recursive smoothing accepts (4): still registered, on its grid."""
+    image, mask = real_mr, _read(SEED_DIR / "liver.nii.gz")
+    area = sitk.GetArrayViewFromImage(mask).reshape(mask.GetSize()[2], -1).sum(axis=1)
+    middle = int(np.argmax(area))
+    query = image[:, :, middle : middle + slices]
+    fused = propagate(query, [(image[:, :, middle - 4 : middle + 4], mask[:, :, middle - 4 : middle + 4])])
+    truth = sitk.GetArrayFromImage(mask[:, :, middle : middle + slices])
+    assert fused.mask.shape == truth.shape
+    assert compute_metrics(fused.mask, truth, query.GetSpacing()[::-1]).dice >= 0.8
 
 
 def test_binary_entropy():

@@ -9,7 +9,14 @@ import shutil
 import pytest
 
 from conftest import run_process
-from sslmedsam2.budget import CasePlan, estimate_seconds, plan_case
+from sslmedsam2.budget import (
+    CasePlan,
+    FewShotCosts,
+    estimate_seconds,
+    fewshot_seconds,
+    plan_case,
+    plan_fewshot,
+)
 from sslmedsam2.inference import SUMMARY_NAME
 from test_process import _save, assert_on_grid
 
@@ -51,6 +58,38 @@ def test_no_tta_asked_means_folds_go_first():
                      budget_s=full_cost(3, False))
     assert plan == CasePlan(FIVE[:2], False, full_cost(2, False), plan.degraded)
     assert "2 of 5 folds" in plan.degraded[-1]
+
+
+COSTS = FewShotCosts(encode_s=0.1, track_s=0.5)
+
+
+def fewshot_cost(supports: int, insertions: int) -> float:
+    """10-slice query, supports with 4 unprompted slices each, none cached yet (20 slices)."""
+    return fewshot_seconds(10, [4] * supports, 20 * supports, insertions, COSTS)
+
+
+@pytest.mark.parametrize("budget, supports, insertions, fits", [
+    (None, 10, 5, True),
+    (fewshot_cost(10, 5), 10, 5, True),
+    (fewshot_cost(10, 2) + 1, 10, 2, True),   # insertions go first
+    (fewshot_cost(10, 1) + 1, 10, 1, True),
+    (fewshot_cost(5, 1) + 1, 5, 1, True),     # then half the supports, and half again
+    (fewshot_cost(1, 1) + 1, 1, 1, True),
+    (1.0, 1, 1, False),                       # nothing fits: the next engine's turn
+])
+def test_fewshot_degradation_steps(budget, supports, insertions, fits):
+    plan = plan_fewshot(10, [4] * 10, [20] * 10, 5, COSTS, budget)
+    assert (plan.supports, plan.insertions, plan.fits) == (supports, insertions, fits)
+    assert plan.estimate_s == pytest.approx(fewshot_cost(supports, insertions))
+    assert bool(plan.degraded) == (budget is not None and (supports, insertions) != (10, 5))
+
+
+def test_cached_supports_cost_less():
+    """A second query reuses the supports' encodings: the same budget then affords more."""
+    budget = fewshot_cost(10, 2) + 1
+    first = plan_fewshot(10, [4] * 10, [20] * 10, 5, COSTS, budget)
+    later = plan_fewshot(10, [4] * 10, [0] * 10, 5, COSTS, budget)
+    assert later.estimate_s < first.estimate_s and later.insertions >= first.insertions
 
 
 @pytest.fixture()

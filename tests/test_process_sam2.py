@@ -42,7 +42,9 @@ def sam2_weights(tmp_path_factory, example_dataset) -> Path:
     return weights
 
 
-def test_sam2_serves_ged4_on_the_input_grid(tmp_path, example_dataset, sam2_weights):
+@pytest.fixture()
+def sam2_input(tmp_path, example_dataset) -> tuple[Path, sitk.Image]:
+    """A CARE input folder holding one 3-slice GED4 query."""
     case = sorted(example_dataset.test_input_dir.glob("Vendor_A/*"))[0]
     truth = example_dataset.test_ground_truth_dir / "Vendor_A" / case.name / "mask_GED4.nii.gz"
     query, _ = liver_slices(sitk.ReadImage(str(case / "GED4.nii.gz")),
@@ -50,11 +52,42 @@ def test_sam2_serves_ged4_on_the_input_grid(tmp_path, example_dataset, sam2_weig
     query_path = tmp_path / "input" / "Vendor_A" / case.name / "GED4.nii.gz"
     query_path.parent.mkdir(parents=True)
     sitk.WriteImage(query, str(query_path))
+    return tmp_path / "input", query
+
+
+def test_sam2_serves_ged4_on_the_input_grid(tmp_path, sam2_input, sam2_weights):
     out = tmp_path / "output"
-    result = run_process("--input", tmp_path / "input", "--output", out, "--weights", sam2_weights,
-                         "--device", "cpu")
+    result = run_process("--input", sam2_input[0], "--output", out, "--weights", sam2_weights,
+                         "--device", "cpu", "--time-budget", "0")
     assert result.returncode == 0, result.stderr
     [record] = summary(out)["cases"]
     assert record["status"] == "ok" and record["engine"] == "sam2"
-    assert_on_grid(Path(record["output"]), query)
+    assert "est=" not in record["message"]  # --time-budget 0: no budget, no probe
+    assert_on_grid(Path(record["output"]), sam2_input[1])
     assert "propagate in video" not in result.stderr  # sam2's progress bars are silenced
+
+
+@pytest.mark.parametrize("engines, budget, served_by, said", [
+    ("sam2,atlas", "100000", "sam2", None),             # fits: the configured setting
+    ("sam2,atlas", "0.001", "atlas", "atlas serves this case instead"),
+    ("sam2", "0.001", "sam2", "still over budget"),      # nothing after it: its cheapest plan
+])
+def test_sam2_within_the_time_budget(tmp_path, sam2_input, sam2_weights, engines, budget,
+                                     served_by, said):
+    out = tmp_path / "output"
+    result = run_process("--input", sam2_input[0], "--output", out, "--weights", sam2_weights,
+                         "--device", "cpu", "--engines", engines, "--time-budget", budget)
+    assert result.returncode == 0, result.stderr
+    report = summary(out)
+    [record] = report["cases"]
+    assert record["status"] == "ok" and record["engine"] == served_by
+    assert_on_grid(Path(record["output"]), sam2_input[1])
+    assert "per tracked slice" in result.stderr  # the probe ran and was logged
+    budget_warnings = [w for w in report["warnings"] if "time budget" in w]
+    if said is None:
+        assert not budget_warnings and "est=" in record["message"]
+        assert "insertions=2" in record["message"]  # CPU-practical setting kept whole
+    else:
+        assert any(said in w for w in budget_warnings) and said in result.stderr
+    if served_by == "sam2" and said:
+        assert "insertions=1" in record["message"] and "[time budget:" in record["message"]

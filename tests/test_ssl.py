@@ -5,6 +5,7 @@ process.py serving the exported weights."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from sslmedsam2.errors import UsageError
 from sslmedsam2.example import ExampleConfig, make_example
 from sslmedsam2.io import same_grid
 from sslmedsam2.manifest import MANIFEST
+from sslmedsam2.runtime import CACHE_VARIABLES
 from sslmedsam2.ssl.config import TEMPLATE, DataConfig, SSLConfig, ScheduleConfig, build_config
 from sslmedsam2.ssl.pipeline import run_ssl
 
@@ -61,6 +63,18 @@ def ssl_run(ssl_data, tmp_path_factory):
 def test_template_documents_the_defaults(tmp_path):
     config = build_config(tomllib.loads(TEMPLATE), tmp_path)
     assert config == SSLConfig(data=DataConfig(train=(tmp_path / "data/train").resolve()))
+
+
+def test_train_with_a_read_only_home_keeps_caches_in_a_temp_folder(tmp_path):
+    """The training image may run as a stranger uid too: every command redirects the caches."""
+    env = {k: v for k, v in os.environ.items() if k not in CACHE_VARIABLES}
+    result = subprocess.run([sys.executable, "-m", "sslmedsam2", "train", "--print-config"],
+                            env={**env, "HOME": "/nonexistent"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout == TEMPLATE
+    assert "HOME (/nonexistent) is not writable: caches go to" in result.stderr
+    folder = Path(result.stderr.split("caches go to ")[1].split()[0])
+    assert folder.name.startswith("sslmedsam2-cache-") and not folder.exists()  # removed at exit
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -49,6 +49,10 @@ class AtlasEngine:
             if support.case not in self._volumes:
                 self._volumes[support.case] = load_support(support)
 
+    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
+        """Never: registration is the last resort, cheap and bounded."""
+        return None
+
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         self.load(sequence)
         chosen = same_vendor_first(self.supports, vendor)[: self.max_supports]

@@ -23,7 +23,7 @@ class RuntimeOptions:
     folds: tuple[str, ...] | None = None
     configuration: str | None = None
     threads: int | None = None
-    #: seconds per case the nnU-Net ensemble may take (None: no limit; see sslmedsam2.budget)
+    #: seconds per case a segmentation may take (None: no limit; see sslmedsam2.budget)
     time_budget: float | None = None
 
 
@@ -56,6 +56,10 @@ class Engine(Protocol):
 
     def load(self, sequence: str) -> None:
         """Load what ``sequence`` needs (weights, supports) if not loaded yet; raises if broken."""
+
+    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
+        """Why ``image`` cannot be segmented within the time budget even at this engine's cheapest
+        (the case then goes to the next engine), or None. Engines that always run return None."""
 
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         """Segment a validated 3D volume; the mask has the image's array shape. ``vendor`` lets

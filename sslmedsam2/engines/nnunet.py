@@ -131,6 +131,7 @@ class NnUNetEngine:
         self.with_uncertainty = with_uncertainty
         self._loaded: dict[str, tuple[object, ModelChoice]] = {}
         self._patch_seconds: dict[str, float] = {}
+        self._voxel_seconds: dict[str, float] = {}
         self._device = None
 
     def _models(self, sequence: str) -> list[ModelFolder]:
@@ -149,6 +150,10 @@ class NnUNetEngine:
     def load(self, sequence: str) -> None:
         self._predictor(sequence)
 
+    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
+        """Never: the ensemble shrinks to fit (see ``sslmedsam2.budget``)."""
+        return None
+
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         predictor, choice = self._predictor(sequence)
         spacing_zyx = list(image.GetSpacing())[::-1]
@@ -158,7 +163,8 @@ class NnUNetEngine:
         voxels = int(np.prod(image.GetSize()))
         plan = plan_case(choice.folds, choice.tta, patches, seconds or 0.0, mirror_count(predictor),
                          self.options.time_budget if seconds is not None else None,
-                         fixed_s=fixed_seconds(voxels, available_cpus()))
+                         fixed_s=fixed_seconds(voxels, available_cpus(),
+                                               self._voxel_seconds.get(sequence)))
         if plan.degraded:
             log.warning("nnunet %s: %s", sequence, "; ".join(plan.degraded))
         uncertainty = None
@@ -222,6 +228,14 @@ class NnUNetEngine:
             else:
                 log.info("nnunet %s: %.3f s per patch on %s; per-case budget %.0f s", sequence,
                          self._patch_seconds[sequence], self._device, self.options.time_budget)
+            try:
+                self._voxel_seconds[sequence] = seconds_per_voxel(predictor)
+            except Exception as exc:  # the reference constant stands in
+                log.warning("nnunet %s: could not time preprocessing (%s: %s); using the reference "
+                            "cost per voxel", sequence, type(exc).__name__, str(exc)[:200])
+            else:
+                log.info("nnunet %s: resampling and export %.2f s per million input voxels",
+                         sequence, self._voxel_seconds[sequence] * 1e6)
         return predictor, choice
 
 
@@ -251,6 +265,35 @@ def seconds_per_patch(predictor, device) -> float:
         return time.perf_counter() - started
     finally:
         predictor.use_mirroring = mirroring
+
+
+def seconds_per_voxel(predictor, shape_zyx: tuple[int, int, int] = (24, 160, 160)) -> float:
+    """Per input voxel, what a case costs around the network on this machine whatever the
+    ensemble: nnU-Net's own preprocessing (resampling, normalisation) and export (resampling the
+    probabilities back) of a random volume somewhat finer than the model's spacing, as CARE
+    volumes are."""
+    import torch
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape,
+    )
+
+    target = [float(s) for s in predictor.configuration_manager.spacing]
+    spacing = [target[0] if len(target) == 3 else 3.0, *(s * 0.8 for s in target[-2:])]
+    channels = len(predictor.dataset_json["channel_names"])
+    image = np.random.default_rng(0).random((channels, *shape_zyx), dtype=np.float32)
+    started = time.perf_counter()
+    with quiet_stdout():
+        item = next(PreprocessAdapterFromNpy(
+            [image], [None], [{"spacing": spacing}], [None], predictor.plans_manager,
+            predictor.dataset_json, predictor.configuration_manager, num_threads_in_multithreaded=1,
+            verbose=False))
+        heads = predictor.label_manager.num_segmentation_heads
+        logits = torch.zeros((heads, *item["data"].shape[1:]))
+        convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager,
+            predictor.label_manager, item["data_properties"], return_probabilities=True)
+    return (time.perf_counter() - started) / int(np.prod(shape_zyx))
 
 
 @contextlib.contextmanager

@@ -17,9 +17,11 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from sslmedsam2.budget import FewShotCosts, FewShotPlan, plan_fewshot
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot.checkpoints import CHECKPOINTS, ResolvedCheckpoint, build_predictor, resolve_checkpoint
+from sslmedsam2.fewshot.costs import measure_costs, query_slices
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
 from sslmedsam2.runtime import device_precision, resolve_device
 from sslmedsam2.orientation import reorient
@@ -65,6 +67,7 @@ class Sam2Engine:
         self._predictor = None
         self._threads: int | None = None
         self._segmenters: dict[tuple[str, ...], TFFSSegmenter] = {}
+        self._costs: FewShotCosts | None = None
 
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "Sam2Engine":
@@ -100,20 +103,64 @@ class Sam2Engine:
                             self.config.support_stride)
         self._predictor = build_predictor(self.checkpoint, device, self.hydra_overrides)
         log.info("sam2 %s on %s in %s", self.checkpoint.spec.name, device, device_precision(device))
+        if self.options.time_budget is not None:
+            self._time_costs()
+
+    def _time_costs(self) -> None:
+        """Seconds per encoded and tracked slice here, for the budget; never fatal."""
+        try:
+            with torch_threads(self._threads):
+                pair = tuple(reorient(v).image for v in load_support(self.supports[0]))
+                self._costs = measure_costs(self._predictor, pair, self.config)
+        except Exception as exc:  # the estimate must never cost a case its mask
+            log.warning("sam2: could not time a probe (%s: %s); the time budget is not applied",
+                        type(exc).__name__, str(exc)[:200])
+        else:
+            log.info("sam2: %.3f s per encoded slice, %.3f s per tracked slice; per-case budget "
+                     "%.0f s", self._costs.encode_s, self._costs.track_s, self.options.time_budget)
+
+    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
+        plan = self._plan(image, sequence, vendor)
+        if plan.fits:
+            return None
+        return f"{plan.degraded[0]}; even {plan.describe()} needs est. {plan.estimate_s:.0f} s"
 
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
-        self.load(sequence)
-        chosen = same_vendor_first(self.supports, vendor)
-        key = tuple(s.case for s in chosen)
+        plan = self._plan(image, sequence, vendor)
+        if plan.degraded:
+            log.warning("sam2 %s: %s", sequence, "; ".join(plan.degraded))
+        key, segmenter = self._segmenter(vendor)
         with torch_threads(self._threads):
-            if key not in self._segmenters:
-                # supports in the orientation queries arrive in (see sslmedsam2.orientation)
-                pairs = [tuple(reorient(v).image for v in load_support(s)) for s in chosen]
-                self._segmenters[key] = TFFSSegmenter(self._predictor, pairs, self.config)
-            result = self._segmenters[key].segment(image)
-        used = key[: self.config.max_supports] if self.config.max_supports else key
+            result = segmenter.segment(image, plan.supports, plan.insertions)
+        detail = (f"sam2 {self.checkpoint.spec.name} supports={','.join(key[:plan.supports])} "
+                  f"insertions={plan.insertions} encoder_frames={result.encoder_frames}")
+        if self._costs is not None:
+            detail += f" est={plan.estimate_s:.0f}s"
+        if plan.degraded:
+            detail += " [time budget: " + "; ".join(plan.degraded[1:]) + "]"
         return Segmentation(
             mask=result.mask, uncertainty=result.uncertainty,
             device=str(self._predictor.device), precision=device_precision(self._predictor.device),
-            detail=f"sam2 {self.checkpoint.spec.name} supports={','.join(used)} "
-                   f"insertions={self.config.insertions} encoder_frames={result.encoder_frames}")
+            detail=detail)
+
+    def _segmenter(self, vendor: str | None) -> tuple[tuple[str, ...], TFFSSegmenter]:
+        """The prepared supports for ``vendor`` (its own first), made at first use."""
+        chosen = same_vendor_first(self.supports, vendor)[: self.config.max_supports]
+        key = tuple(s.case for s in chosen)
+        if key not in self._segmenters:
+            with torch_threads(self._threads):
+                # supports in the orientation queries arrive in (see sslmedsam2.orientation)
+                pairs = [tuple(reorient(v).image for v in load_support(s)) for s in chosen]
+                self._segmenters[key] = TFFSSegmenter(self._predictor, pairs, self.config)
+        return key, self._segmenters[key]
+
+    def _plan(self, image: sitk.Image, sequence: str, vendor: str | None) -> FewShotPlan:
+        """The config's supports and insertions, cut down to the time budget when one is set."""
+        self.load(sequence)
+        _, segmenter = self._segmenter(vendor)
+        supports = segmenter.supports
+        return plan_fewshot(
+            query_slices(image), [int((~s.nonempty).sum()) for s in supports],
+            segmenter.uncached_slices(), self.config.insertions,
+            self._costs or FewShotCosts(0.0, 0.0),
+            self.options.time_budget if self._costs is not None else None)

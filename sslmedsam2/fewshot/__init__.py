@@ -11,4 +11,5 @@ Modules, one job each:
 - ``cache``: the byte-bounded least-recently-used store that keeps support caches across queries.
 - ``tffs``: the per-query algorithm and its configuration.
 - ``checkpoints``: local SAM2 / MedSAM2 checkpoints, never downloaded.
+- ``costs``: seconds per encoded and per tracked slice on this device, for the time budget.
 """

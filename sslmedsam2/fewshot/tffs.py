@@ -141,10 +141,14 @@ class TFFSSegmenter:
         if not self.supports:
             raise ValueError("no support has a non-empty mask: nothing to segment queries from")
 
-    def segment(self, query: sitk.Image) -> FewShotResult:
-        """Mask, mean probability and uncertainty of ``query`` on its own (z, y, x) grid."""
+    def segment(self, query: sitk.Image, supports: int | None = None,
+                insertions: int | None = None) -> FewShotResult:
+        """Mask, mean probability and uncertainty of ``query`` on its own (z, y, x) grid, from
+        the first ``supports`` supports with ``insertions`` videos each (default: the config's;
+        fewer when a time budget says so)."""
         started = time.perf_counter()
         config, predictor = self.config, self.predictor
+        insertions = insertions or config.insertions
         rng = np.random.default_rng(config.seed)
         counter = EncoderCounter()
         query_frames = volume_frames(query, predictor.image_size, config.preprocess)
@@ -153,7 +157,7 @@ class TFFSSegmenter:
         limit = cond_frame_limit(predictor, config.max_cond_frames_in_attn)
         with counter.watching(predictor), limit:
             query_encoded = _maybe_encode(predictor, query_frames.tensor, config)
-            for number, support in enumerate(self.supports):
+            for number, support in enumerate(self.supports[:supports]):
                 # prompts are the masks at the query's size, so emptiness is judged there too
                 masks = resize_masks(support.masks, query_frames.size)
                 nonempty = masks.reshape(len(masks), -1).any(axis=1)
@@ -170,7 +174,7 @@ class TFFSSegmenter:
                 if config.cache_encoder:
                     inputs = self._with_support_caches(inputs, number)
                 for video in plan_videos(
-                    len(query_frames.tensor), nonempty, config.insertions, rng,
+                    len(query_frames.tensor), nonempty, insertions, rng,
                     config.insert_after_last,
                 ):
                     total += torch.sigmoid(propagate_video(predictor, video, inputs))
@@ -178,6 +182,11 @@ class TFFSSegmenter:
         if maps == 0:
             raise ValueError("every support mask vanishes at the query's in-plane size")
         return _finish(total / maps, query_frames, config, counter, maps, started)
+
+    def uncached_slices(self) -> list[int]:
+        """Per support, the slices the next query would have to encode (0 once cached)."""
+        return [0 if ("encoded", number) in self.cache else len(support.frames)
+                for number, support in enumerate(self.supports)]
 
     def _with_support_caches(self, inputs: VideoInputs, number: int) -> VideoInputs:
         """``inputs`` with support ``number``'s encodings and prompt outputs, from the cache or
