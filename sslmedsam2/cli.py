@@ -200,6 +200,30 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_reproduce(args: argparse.Namespace) -> int:
+    from sslmedsam2.reproduce import ReproduceSettings, reproduce
+    from sslmedsam2.ssl.config import load_config
+
+    overrides = {key: value for key, value in (
+        ("data.train", str(args.train_root.resolve())),
+        ("pseudo_labels.checkpoint", args.checkpoint and str(args.checkpoint.resolve())),
+        ("pseudo_labels.engine", args.engine),
+        ("intermediate.profile", args.profile), ("final.profile", args.profile),
+        ("intermediate.folds", args.folds), ("final.folds", args.folds),
+        ("loop.max_rounds", args.max_rounds), ("loop.device", args.device)) if value is not None}
+    try:
+        config = load_config(args.config, overrides)
+    except UsageError as exc:
+        if "needs pseudo_labels.checkpoint" not in str(exc):
+            raise
+        raise UsageError(f"{exc}: pass --checkpoint MedSAM2_latest.pt, or --engine atlas to "
+                         "rehearse without one (not the paper's method)") from None
+    reproduce(ReproduceSettings(config=config, val_root=args.val_root, work=args.work,
+                                val_gt=args.val_gt, stand_in=args.engine, dry_run=args.dry_run,
+                                progress=not args.quiet))
+    return 0
+
+
 def run_pseudo_label(args: argparse.Namespace) -> int:
     from sslmedsam2.atlas import AtlasConfig
     from sslmedsam2.engines.atlas import AtlasEngine
@@ -337,6 +361,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.add_argument("-v", "--verbose", action="store_true")
     train.set_defaults(func=run_train)
+
+    repro = commands.add_parser(
+        "reproduce", help="the paper's experiment on CARE-LiSeg: check, train, submit, score",
+        description="Reproduce SSL-MedSAM2 on CARE-LiSeg data: check both roots (refuses on any "
+                    "problem, naming each), state the expected cost, run the semi-supervised "
+                    "loop (resumable), predict the validation cases with process.py's code path "
+                    "into <work>/submission/LiSeg_pred/<case>/<SEQ>_pred.nii.gz and, with "
+                    "--val-gt, print Dice and HD per sequence and vendor beside the paper's "
+                    "figures. Run the same command again to resume.",
+        epilog="example: sslmedsam2 reproduce --config configs/care2025_paper.toml --train-root "
+               "CARE/LiSeg/train --val-root CARE/LiSeg/val --checkpoint MedSAM2_latest.pt "
+               "--work runs/care")
+    repro.add_argument("--config", type=Path, required=True,
+                       help="the protocol (configs/care2025_paper.toml: the paper's setting)")
+    repro.add_argument("--train-root", type=Path, required=True,
+                       help="CARE training root: Vendor_X/<case>/GED4.nii.gz (+ mask_GED4.nii.gz)")
+    repro.add_argument("--val-root", type=Path, required=True,
+                       help="CARE validation root: Vendor_X/<case>/<SEQ>.nii.gz and info.csv")
+    repro.add_argument("--val-gt", type=Path, default=None,
+                       help="validation masks (<case>/mask_<SEQ>.nii.gz) to score against")
+    repro.add_argument("--work", type=Path, required=True,
+                       help="run folder, exported weights, submission and reports")
+    repro.add_argument("--checkpoint", type=Path, default=None,
+                       help="the SAM2 / MedSAM2 checkpoint (overrides pseudo_labels.checkpoint)")
+    repro.add_argument("--engine", choices=["atlas"], default=None,
+                       help="make round 0 with this engine instead of SAM2 (no checkpoint at "
+                            "hand; logged: not the paper's method)")
+    repro.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default=None,
+                       help="override the training profile of every round (cpu-quick: a CPU "
+                            "rehearsal, not the paper's schedule)")
+    repro.add_argument("--folds", type=_fold_list, default=None,
+                       help="override the folds of every round, e.g. all (one model on every case)")
+    repro.add_argument("--max-rounds", type=int, default=None, help="override [loop] max_rounds")
+    repro.add_argument("--device", default=None, help="override [loop] device (auto, cpu, cuda)")
+    repro.add_argument("--dry-run", action="store_true",
+                       help="check the data and print the expected cost, then stop")
+    repro.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    repro.add_argument("-v", "--verbose", action="store_true")
+    repro.set_defaults(func=run_reproduce)
 
     pseudo = commands.add_parser(
         "pseudo-label", help="few-shot pseudo labels for unlabelled volumes (resumable, shardable)",

@@ -93,7 +93,7 @@ def _care_case_dirs(root: Path) -> list[Path]:
 
 
 def _care_plan(root: Path, case_dirs: list[Path], output_dir: Path) -> LayoutPlan:
-    vendors = _read_info_csv(root / "info.csv")
+    vendors = read_info_csv(root / "info.csv")
     plan = LayoutPlan(name="care", jobs=[])
     for case_dir in case_dirs:
         case = case_dir.name
@@ -110,7 +110,7 @@ def _care_plan(root: Path, case_dirs: list[Path], output_dir: Path) -> LayoutPla
     return plan
 
 
-def _read_info_csv(path: Path) -> dict[str, str]:
+def read_info_csv(path: Path) -> dict[str, str]:
     """Case -> vendor from CARE's optional info.csv; a broken file is only a warning."""
     if not path.is_file():
         return {}
