@@ -14,7 +14,8 @@ folder, so a rerun resumes instead of starting over. Writes the table to stdout 
 to ``--json`` (default benchmarks/ssl_miniature.json).
 
     python benchmarks/bench_ssl.py --work runs/bench-ssl [--unlabelled 12] [--test 6] [--profile cpu-quick]
-                                   [--epochs N] [--ignore BITS] [--variability V] [--json FILE]
+                                   [--epochs N] [--ignore BITS] [--variability V]
+                                   [--labelled-vendors A] [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ def fully_labelled_copy(train: Path, truth: Path, target: Path, sequence: str) -
         shutil.copytree(train, staging)
         for mask in truth.glob(f"*/*/mask_{sequence}.nii.gz"):
             shutil.copyfile(mask, staging / mask.parent.parent.name / mask.parent.name / mask.name)
+        staging.rename(target)
+    return target
+
+
+def fewer_labels_copy(train: Path, target: Path, vendors: tuple[str, ...], sequence: str) -> Path:
+    """The training folder with the masks of the other vendors' cases removed: those cases join
+    the unlabelled ones (few labels, from some scanners only)."""
+    if not target.is_dir():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(train, staging)
+        for mask in staging.glob(f"*/*/mask_{sequence}.nii.gz"):
+            if mask.parent.parent.name.removeprefix("Vendor_") not in vendors:
+                mask.unlink()
         staging.rename(target)
     return target
 
@@ -77,6 +92,8 @@ def main() -> int:
                              "(default: off, as in the paper)")
     parser.add_argument("--variability", type=float, default=1.0,
                         help="make-example's anatomy spread (new --work folders only)")
+    parser.add_argument("--labelled-vendors", type=lambda t: tuple(t.split(",")), default=None,
+                        help="keep the labels of these vendors only, e.g. A (default: all three)")
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--convergence", type=float, default=0.98)
     parser.add_argument("--seed", type=int, default=0)
@@ -92,12 +109,16 @@ def main() -> int:
                      progress=False)
     full = fully_labelled_copy(data_root / "train", data_root / "ground_truth" / "train",
                                args.work / "train_fully_labelled", "GED4")
-    labelled_only, t_lab = arm("labelled_only", data_root / "train", "none", args, data_root, 0)
+    train = data_root / "train"
+    if args.labelled_vendors:
+        train = fewer_labels_copy(train, args.work / f"train_labelled_{'_'.join(args.labelled_vendors)}",
+                                  args.labelled_vendors, "GED4")
+    labelled_only, t_lab = arm("labelled_only", train, "none", args, data_root, 0)
     # The two reference arms first: if 3 labels already match all of them, the SSL arm can show nothing.
     fully, t_full = arm("fully_supervised", full, "none", args, data_root, 0)
-    ssl, t_ssl = arm("ssl", data_root / "train", "atlas", args, data_root, args.max_rounds)
+    ssl, t_ssl = arm("ssl", train, "atlas", args, data_root, args.max_rounds)
 
-    rows = [("labelled-only nnU-Net (3 cases)", labelled_only[-1], t_lab)]
+    rows = [(f"labelled-only nnU-Net ({labelled_only[-1].labelled} cases)", labelled_only[-1], t_lab)]
     rows += [(f"SSL {r.step.replace('_', ' ')}" + (" (atlas pseudo labels)" if r.step == "round_00"
               else ""), r, None) for r in ssl]
     rows += [(f"fully supervised nnU-Net ({fully[-1].labelled} cases)", fully[-1], t_full)]
@@ -119,7 +140,8 @@ def main() -> int:
                     "holdout_dice_mean": r.holdout_dice_mean, "holdout_hd95_mean": r.holdout_hd95_mean,
                     "seconds": r.seconds} for r in ssl],
         "settings": {"profile": args.profile, "epochs": args.epochs, "ignore": args.ignore,
-                     "variability": args.variability, "folds": ["all"], "labelled": 3,
+                     "variability": args.variability, "folds": ["all"], "labelled": labelled_only[-1].labelled,
+                     "labelled_vendors": list(args.labelled_vendors or ("A", "B1", "B2")),
                      "unlabelled": args.unlabelled, "held_out": args.test, "seed": args.seed,
                      "max_rounds": args.max_rounds, "convergence_dice": args.convergence},
         "seconds": {"labelled_only": round(t_lab), "ssl": round(t_ssl), "fully_supervised": round(t_full),

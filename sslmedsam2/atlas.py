@@ -21,6 +21,10 @@ from sslmedsam2.postprocess import binary_entropy, largest_component
 log = logging.getLogger(__name__)
 
 
+class RegistrationError(RuntimeError):
+    """No support could be aligned with a query."""
+
+
 @dataclass(frozen=True)
 class AtlasConfig:
     """Registration effort. Defaults suit CARE-like abdominal MRI at a few mm resolution."""
@@ -88,9 +92,25 @@ def _set_pyramid(method: sitk.ImageRegistrationMethod, images: tuple[sitk.Image,
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig) -> sitk.Transform:
-    """Moving (support) -> fixed (query): a moments-centred affine stage, then optionally B-spline."""
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
-                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    """Moving (support) -> fixed (query): a moments-centred affine stage, then optionally
+    B-spline. When the intensity moments mislead the start so far that the images no longer
+    overlap (ITK stops: "all samples map outside"), it starts again from the images' centres."""
+    try:
+        return _register(fixed, moving, config, sitk.CenteredTransformInitializerFilter.MOMENTS)
+    except RuntimeError as exc:
+        log.warning("registration from intensity moments failed (%s); retrying from the image "
+                    "centres", _itk_reason(exc))
+        return _register(fixed, moving, config, sitk.CenteredTransformInitializerFilter.GEOMETRY)
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or ["unknown"]
+    return lines[-1][:160]
+
+
+def _register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig,
+              start: int) -> sitk.Transform:
+    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3), start)
     affine = _method(config, config.affine_iterations)
     affine.SetInitialTransform(initial, inPlace=False)
     _set_pyramid(affine, (fixed, moving), [4, 2, 1], [2.0, 1.0, 0.0])
@@ -115,13 +135,23 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
         raise ValueError("atlas propagation needs at least one support")
     fixed = _working_image(query, config.working_spacing_mm)
     votes = np.zeros(query.GetSize()[::-1], np.float32)
+    used = 0
     for index, (image, mask) in enumerate(supports, start=1):
         started = time.perf_counter()
-        transform = register(fixed, _working_image(image, config.working_spacing_mm), config)
+        try:
+            transform = register(fixed, _working_image(image, config.working_spacing_mm), config)
+        except RuntimeError as exc:  # one support that cannot be aligned must not sink the query
+            log.warning("support %d/%d could not be registered (%s); left out of the vote", index,
+                        len(supports), _itk_reason(exc))
+            continue
         warped = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), query, transform,
                                sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         votes += sitk.GetArrayFromImage(warped)
+        used += 1
         log.debug("support %d/%d registered in %.1f s", index, len(supports), time.perf_counter() - started)
-    probability = votes / len(supports)
+    if used == 0:
+        raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
+                                "this volume (no overlap after alignment)")
+    probability = votes / used
     mask = largest_component(probability >= config.threshold)
     return FusedLabel(mask=mask, probability=probability, uncertainty=binary_entropy(probability))

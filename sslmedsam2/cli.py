@@ -179,9 +179,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (
         ("data.train", args.data and str(args.data.resolve())),
         ("data.sequences", args.sequences and list(args.sequences)),
-        ("pseudo_labels.engine", args.engine),
-        ("intermediate.profile", args.profile), ("final.profile", args.profile),
-        ("loop.max_rounds", args.max_rounds), ("loop.device", args.device)) if value is not None}
+        ("pseudo_labels.engine", args.engine), *schedule_overrides(args)) if value is not None}
     if args.config is not None:
         config = load_config(args.config, overrides)
     elif args.data is None:
@@ -207,10 +205,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (
         ("data.train", str(args.train_root.resolve())),
         ("pseudo_labels.checkpoint", args.checkpoint and str(args.checkpoint.resolve())),
-        ("pseudo_labels.engine", args.engine),
-        ("intermediate.profile", args.profile), ("final.profile", args.profile),
-        ("intermediate.folds", args.folds), ("final.folds", args.folds),
-        ("loop.max_rounds", args.max_rounds), ("loop.device", args.device)) if value is not None}
+        ("pseudo_labels.engine", args.engine), ("intermediate.folds", args.folds),
+        ("final.folds", args.folds), *schedule_overrides(args)) if value is not None}
     try:
         config = load_config(args.config, overrides)
     except UsageError as exc:
@@ -284,6 +280,23 @@ def run_montage(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_schedule_overrides(parser: argparse.ArgumentParser) -> None:
+    """Options that commands running the loop share: schedule and device overrides, output."""
+    parser.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default=None,
+                        help="override the training profile of every round (cpu-quick and "
+                             "tiny-test are CPU rehearsals, not the paper's schedule)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="override [loop] max_rounds")
+    parser.add_argument("--device", default=None, help="override [loop] device (auto, cpu, cuda)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def schedule_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """``section.key`` values from ``add_schedule_overrides``' options."""
+    return [("intermediate.profile", args.profile), ("final.profile", args.profile),
+            ("loop.max_rounds", args.max_rounds), ("loop.device", args.device)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sslmedsam2",
@@ -352,14 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override [data] sequences, e.g. GED4,T1")
     train.add_argument("--engine", choices=["atlas", "sam2", "none"], default=None,
                        help="override [pseudo_labels] engine (none: labelled-only nnU-Net)")
-    train.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default=None,
-                       help="override the training profile of every round")
-    train.add_argument("--max-rounds", type=int, default=None, help="override [loop] max_rounds")
-    train.add_argument("--device", default=None, help="override [loop] device (auto, cpu, cuda)")
+    add_schedule_overrides(train)
     train.add_argument("--print-config", action="store_true",
                        help="print the annotated config template and exit")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    train.add_argument("-v", "--verbose", action="store_true")
     train.set_defaults(func=run_train)
 
     repro = commands.add_parser(
@@ -388,17 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--engine", choices=["atlas"], default=None,
                        help="make round 0 with this engine instead of SAM2 (no checkpoint at "
                             "hand; logged: not the paper's method)")
-    repro.add_argument("--profile", choices=["cpu-quick", "tiny-test", "paper"], default=None,
-                       help="override the training profile of every round (cpu-quick: a CPU "
-                            "rehearsal, not the paper's schedule)")
     repro.add_argument("--folds", type=_fold_list, default=None,
                        help="override the folds of every round, e.g. all (one model on every case)")
-    repro.add_argument("--max-rounds", type=int, default=None, help="override [loop] max_rounds")
-    repro.add_argument("--device", default=None, help="override [loop] device (auto, cpu, cuda)")
+    add_schedule_overrides(repro)
     repro.add_argument("--dry-run", action="store_true",
                        help="check the data and print the expected cost, then stop")
-    repro.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    repro.add_argument("-v", "--verbose", action="store_true")
     repro.set_defaults(func=run_reproduce)
 
     pseudo = commands.add_parser(

@@ -116,5 +116,10 @@ def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str,
     except SSLMedSAM2Error as exc:
         record["status"], record["error"] = "error", str(exc)
         log.error("%s", exc)
+    except Exception as exc:  # an engine crash on one case must not lose the others
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "no detail"
+        record["status"] = "error"
+        record["error"] = f"{query.image}: segmentation failed ({type(exc).__name__}: {reason})"
+        log.error("%s", record["error"])
     record["seconds"] = round(time.perf_counter() - started, 2)
     return record

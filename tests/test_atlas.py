@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sslmedsam2.atlas import propagate
+from sslmedsam2.atlas import RegistrationError, propagate
 from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.metrics import compute_metrics
@@ -75,6 +75,38 @@ def test_atlas_on_a_thin_volume(real_mr, slices):
     truth = sitk.GetArrayFromImage(mask[:, :, middle : middle + slices])
     assert fused.mask.shape == truth.shape
     assert compute_metrics(fused.mask, truth, query.GetSpacing()[::-1]).dice >= 0.8
+
+
+def test_a_support_that_cannot_be_registered_is_left_out(real_mr):
+    mask = _read(SEED_DIR / "liver.nii.gz")
+    blank = sitk.Image(real_mr.GetSize(), real_mr.GetPixelID())  # no intensity: ITK cannot align it
+    blank.CopyInformation(real_mr)
+    fused = propagate(real_mr, [(blank, mask), (real_mr, mask)])
+    assert compute_metrics(fused.mask, sitk.GetArrayFromImage(mask), real_mr.GetSpacing()[::-1]).dice > 0.9
+    with pytest.raises(RegistrationError, match="none of the 1 support"):
+        propagate(real_mr, [(blank, mask)])
+
+
+class CrashingOnce(AtlasEngine):
+    """The atlas engine with a fault injected into its first query (an engine crash)."""
+
+    crashed = False
+
+    def segment(self, image, sequence, vendor=None):
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("ITK ERROR: injected\nsecond line")
+        return super().segment(image, sequence, vendor)
+
+
+def test_a_crash_on_one_pseudo_label_loses_nothing_else(tmp_path, example_dataset, supports):
+    queries = find_queries(example_dataset.test_input_dir, "GED4")
+    records = pseudo_label(CrashingOnce(supports[:1]), queries, tmp_path, "GED4", progress=False)
+    assert [r["status"] for r in records] == ["error", "ok"]
+    assert records[0]["error"] == (f"{queries[0].image}: segmentation failed (RuntimeError: "
+                                   "second line)")
+    assert (tmp_path / queries[1].case / "GED4.nii.gz").is_file()
+    assert not (tmp_path / queries[0].case / "GED4.nii.gz").exists()
 
 
 def test_binary_entropy():
