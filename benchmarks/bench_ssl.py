@@ -109,14 +109,14 @@ def main() -> int:
                      progress=False)
     full = fully_labelled_copy(data_root / "train", data_root / "ground_truth" / "train",
                                args.work / "train_fully_labelled", "GED4")
-    train = data_root / "train"
-    if args.labelled_vendors:
-        train = fewer_labels_copy(train, args.work / f"train_labelled_{'_'.join(args.labelled_vendors)}",
-                                  args.labelled_vendors, "GED4")
-    labelled_only, t_lab = arm("labelled_only", train, "none", args, data_root, 0)
+    train, suffix = data_root / "train", ""
+    if args.labelled_vendors:  # its own arms, beside the all-vendor ones of the same --work
+        suffix = f"_labelled_{'_'.join(args.labelled_vendors)}"
+        train = fewer_labels_copy(train, args.work / f"train{suffix}", args.labelled_vendors, "GED4")
+    labelled_only, t_lab = arm(f"labelled_only{suffix}", train, "none", args, data_root, 0)
     # The two reference arms first: if 3 labels already match all of them, the SSL arm can show nothing.
     fully, t_full = arm("fully_supervised", full, "none", args, data_root, 0)
-    ssl, t_ssl = arm("ssl", train, "atlas", args, data_root, args.max_rounds)
+    ssl, t_ssl = arm(f"ssl{suffix}", train, "atlas", args, data_root, args.max_rounds)
 
     rows = [(f"labelled-only nnU-Net ({labelled_only[-1].labelled} cases)", labelled_only[-1], t_lab)]
     rows += [(f"SSL {r.step.replace('_', ' ')}" + (" (atlas pseudo labels)" if r.step == "round_00"

@@ -148,7 +148,7 @@ def reproduce(settings: ReproduceSettings) -> Reproduction:
     on_gpu = resolve_device(config.loop.device).type == "cuda"
     costs = GPU_COSTS if on_gpu else CPU_COSTS
     steps = estimate(config, train, val, costs)
-    log.info("expected cost (from %s):\n%s", costs.source, _steps_table(steps))
+    log.info("expected cost (from %s):\n%s", costs.source, steps_table(steps))
     outcome = Reproduction([train.summary(), val.summary()], steps, costs.source, settings.stand_in)
     if settings.dry_run:
         return outcome
@@ -159,7 +159,7 @@ def reproduce(settings: ReproduceSettings) -> Reproduction:
     started = time.perf_counter()
     submission = write_submission(settings, result.weights_dir)
     steps[-1].actual_s = round(time.perf_counter() - started, 1)
-    log.info("estimate vs actual:\n%s", _steps_table(steps))
+    log.info("estimate vs actual:\n%s", steps_table(steps))
     if settings.val_gt is not None:
         results = evaluate_folders(submission / "LiSeg_pred", settings.val_gt,
                                    progress=settings.progress, sequences=config.data.sequences)
@@ -243,7 +243,7 @@ def comparison_table(results: list[CaseResult], vendors: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _steps_table(steps: list[Step]) -> str:
+def steps_table(steps: list[Step]) -> str:
     rows = [["step", "expected", "actual"]]
     rows += [[s.name, _duration(s.estimate_s), "-" if s.actual_s is None else _duration(s.actual_s)]
              for s in steps]
@@ -265,7 +265,7 @@ def _markdown(outcome: Reproduction) -> str:
         lines += [f"**Round 0 used the {outcome.stand_in} engine instead of SAM2: not the paper's "
                   "method.**", ""]
     lines += ["## Data", "", *[f"- {d}" for d in outcome.data], "",
-              f"## Cost (expected from {outcome.cost_source})", "", "```", _steps_table(outcome.steps),
+              f"## Cost (expected from {outcome.cost_source})", "", "```", steps_table(outcome.steps),
               "```", ""]
     if outcome.table:
         lines += ["## Validation", "", "```", outcome.table, "```", ""]
