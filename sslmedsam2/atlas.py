@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from sslmedsam2.io import itk_reason
 from sslmedsam2.postprocess import binary_entropy, largest_component
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig) -> sitk
         return _register(fixed, moving, config, sitk.CenteredTransformInitializerFilter.MOMENTS)
     except RuntimeError as exc:
         log.warning("registration from intensity moments failed (%s); retrying from the image "
-                    "centres", _itk_reason(exc))
+                    "centres", itk_reason(str(exc)))
         return _register(fixed, moving, config, sitk.CenteredTransformInitializerFilter.GEOMETRY)
-
-
-def _itk_reason(exc: RuntimeError) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or ["unknown"]
-    return lines[-1][:160]
 
 
 def _register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig,
@@ -142,7 +138,7 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
             transform = register(fixed, _working_image(image, config.working_spacing_mm), config)
         except RuntimeError as exc:  # one support that cannot be aligned must not sink the query
             log.warning("support %d/%d could not be registered (%s); left out of the vote", index,
-                        len(supports), _itk_reason(exc))
+                        len(supports), itk_reason(str(exc)))
             continue
         warped = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), query, transform,
                                sitk.sitkLinear, 0.0, sitk.sitkFloat32)

@@ -20,8 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.evaluation import find_ground_truth
-from sslmedsam2.io import volume_stem, volume_suffix
-from sslmedsam2.layouts import read_info_csv
+from sslmedsam2.io import itk_reason
+from sslmedsam2.layouts import case_volumes, read_info_csv
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4
 
 MASK = f"mask_{GED4}"
@@ -100,8 +100,7 @@ def check_root(root: Path, role: str, labelled: bool) -> RootReport:
 
 
 def _check_case(case_dir: Path, report: RootReport, labelled: bool, info: dict[str, str]) -> None:
-    files = {volume_stem(f): f for f in sorted(case_dir.iterdir())
-             if f.is_file() and volume_suffix(f) and not f.name.startswith(".")}
+    files = case_volumes(case_dir)
     sequences = [s for s in CARE_SEQUENCES if s in files]
     if not sequences and MASK not in files:
         return  # not a case folder
@@ -117,8 +116,7 @@ def _check_case(case_dir: Path, report: RootReport, labelled: bool, info: dict[s
         try:
             report.headers[(case, name)] = read_header(path)
         except RuntimeError as exc:
-            lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or ["unknown reason"]
-            report.problems.append(f"{path}: unreadable ({lines[-1][:160]})")
+            report.problems.append(f"{path}: unreadable ({itk_reason(str(exc))})")
     if MASK in files:
         if not labelled:
             return
@@ -149,7 +147,7 @@ def check_ground_truth(gt_root: Path, validation: RootReport) -> RootReport:
         try:
             mask = read_header(path)
         except RuntimeError as exc:
-            report.problems.append(f"{path}: unreadable ({str(exc).splitlines()[-1][:160]})")
+            report.problems.append(f"{path}: unreadable ({itk_reason(str(exc))})")
             continue
         if mask.differs_from(image):
             report.problems.append(f"{path}: not on the grid of the validation {sequence} image "

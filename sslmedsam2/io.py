@@ -55,12 +55,12 @@ def read_volume(path: Path | str) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(path, f"cannot be read as an image ({_itk_reason(str(exc))})") from None
+        raise InputError(path, f"cannot be read as an image ({itk_reason(str(exc))})") from None
     check_volume(image, path)
     return image
 
 
-def _itk_reason(message: str) -> str:
+def itk_reason(message: str) -> str:
     """The informative part of an ITK exception (its last lines, without source locations)."""
     if "Unable to determine ImageIO reader" in message:
         return "not a recognised image format"

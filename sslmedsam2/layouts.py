@@ -97,8 +97,7 @@ def _care_plan(root: Path, case_dirs: list[Path], output_dir: Path) -> LayoutPla
     plan = LayoutPlan(name="care", jobs=[])
     for case_dir in case_dirs:
         case = case_dir.name
-        files = {volume_stem(f): f for f in sorted(case_dir.iterdir())
-                 if volume_suffix(f) and not f.name.startswith(".")}
+        files = case_volumes(case_dir)
         if GED4 not in files:
             plan.problems.append(InputError(case_dir, "case has no GED4 volume (GED4.nii.gz)"))
         for sequence in CARE_SEQUENCES:
@@ -108,6 +107,12 @@ def _care_plan(root: Path, case_dirs: list[Path], output_dir: Path) -> LayoutPla
                     output_path=output_dir / "LiSeg_pred" / case / f"{sequence}_pred.nii.gz",
                     vendor=vendors.get(case, case_dir.parent.name)))
     return plan
+
+
+def case_volumes(case_dir: Path) -> dict[str, Path]:
+    """A CARE case folder's volume files by name without suffix (``GED4``, ``mask_GED4``, ...)."""
+    return {volume_stem(f): f for f in sorted(case_dir.iterdir())
+            if f.is_file() and volume_suffix(f) and not f.name.startswith(".")}
 
 
 def read_info_csv(path: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sslmedsam2.engines.base import Engine
 from sslmedsam2.errors import SSLMedSAM2Error
-from sslmedsam2.io import read_volume, volume_stem, volume_suffix, write_map, write_mask
+from sslmedsam2.io import itk_reason, read_volume, volume_stem, volume_suffix, write_map, write_mask
 from sslmedsam2.orientation import segment_in_orientation
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.sequences import GED4
@@ -117,9 +117,9 @@ def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str,
         record["status"], record["error"] = "error", str(exc)
         log.error("%s", exc)
     except Exception as exc:  # an engine crash on one case must not lose the others
-        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "no detail"
         record["status"] = "error"
-        record["error"] = f"{query.image}: segmentation failed ({type(exc).__name__}: {reason})"
+        record["error"] = (f"{query.image}: segmentation failed "
+                           f"({type(exc).__name__}: {itk_reason(str(exc))})")
         log.error("%s", record["error"])
     record["seconds"] = round(time.perf_counter() - started, 2)
     return record

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,7 @@ def estimate(config: SSLConfig, train: RootReport, val: RootReport, costs: CostF
         steps.append(Step(f"round {number} (train + predict)", len(sequences) * (train_s + predict_s)))
     final = config.final.resolve(labelled + unlabelled)
     # the loop reuses the last round's model when the final schedule is the same
-    reused = rounds > 0 and replace(config.final, extra_configurations=()) == config.intermediate
+    reused = rounds > 0 and final == inter
     models = len(config.final.extra_configurations) + (0 if reused else 1)
     steps.append(Step("final model", len(sequences) * models * len(final.folds) * final.epochs
                       * final.iterations_per_epoch * costs.iteration_s))
