@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.engines.slab_resampling import slabwise_configuration
 from sslmedsam2.budget import CasePlan, ensemble_text, fixed_seconds, plan_case
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
@@ -211,6 +212,8 @@ class NnUNetEngine:
                 predictor.initialize_from_trained_model_folder(
                     str(choice.model.path), use_folds=tuple(_fold_arg(f) for f in choice.folds),
                     checkpoint_name=CHECKPOINT)
+            # same voxels, bounded memory on large volumes (issue 6: 735 x 512 x 512 in 16 GB)
+            predictor.configuration_manager = slabwise_configuration(predictor.configuration_manager)
         except Exception as exc:  # torch/pickle/json errors all mean the same to the user
             raise WeightsError(
                 f"{choice.model.path}: cannot load nnU-Net model "
