@@ -5,6 +5,10 @@ which 30 labelled, 60 validation cases; GED4 and T1) without the data at hand, o
 kind the figures were measured on (benchmarks/RESULTS.md, "GPU figures").
 
     python benchmarks/estimate_care.py [--config configs/care2025_paper.toml] [--rounds N]
+        [--gpus 1 2 4 8]
+
+With ``--gpus``, also the wall time with the cases and folds spread over N GPUs (``--executor
+ray``, one case or fold per GPU; sequences one after the other), from the same figures.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "care2025_paper.toml")
     parser.add_argument("--rounds", type=int, default=None, help="override [loop] max_rounds")
+    parser.add_argument("--gpus", type=int, nargs="*", default=[],
+                        help="also estimate the run on these numbers of GPUs (Ray executor)")
     args = parser.parse_args()
     overrides = {"data.train": "CARE/LiSeg/train", "pseudo_labels.checkpoint": "MedSAM2_latest.pt"}
     if args.rounds is not None:
@@ -50,7 +56,23 @@ def main() -> int:
           f"validation cases, sequences {', '.join(config.data.sequences)}, up to "
           f"{config.loop.max_rounds} rounds; from {GPU_COSTS.source}, one GPU:")
     print(steps_table(steps))
+    if args.gpus:
+        print(scaled_table(config, train, val, args.gpus))
     return 0
+
+
+def scaled_table(config, train: RootReport, val: RootReport, gpus: list[int]) -> str:
+    """Markdown: each step's hours on N GPUs, and the total."""
+    runs = {n: estimate(config, train, val, GPU_COSTS, workers=n) for n in gpus}
+    names = [step.name for step in runs[gpus[0]]]
+    lines = ["| step | " + " | ".join(f"{n} GPU{'s' if n > 1 else ''}" for n in gpus) + " |",
+             "|---|" + "---|" * len(gpus)]
+    for index, name in enumerate(names):
+        lines.append(f"| {name} | " + " | ".join(f"{runs[n][index].estimate_s / 3600:.1f} h"
+                                                for n in gpus) + " |")
+    lines.append("| **total** | " + " | ".join(
+        f"**{sum(s.estimate_s for s in runs[n]) / 3600:.1f} h**" for n in gpus) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

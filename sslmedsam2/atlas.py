@@ -41,7 +41,8 @@ class AtlasConfig:
     #: Registration runs on images resampled to at least this spacing (speed; masks stay exact).
     working_spacing_mm: float = 2.5
     threshold: float = 0.5
-    seed: int = 0
+    #: sampling seed; must not be 0, which ITK reads as "seed from the clock" (runs would differ)
+    seed: int = 1
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _method(config: AtlasConfig, iterations: int) -> sitk.ImageRegistrationMetho
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(config.sampling_fraction, seed=config.seed)
+    method.SetMetricSamplingPercentage(config.sampling_fraction, seed=config.seed or 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-3 if iterations < 100 else 1e-4, numberOfIterations=iterations,

@@ -170,6 +170,7 @@ def run_make_example(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from sslmedsam2.executors import make_executor
     from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
     from sslmedsam2.ssl.pipeline import run_ssl, run_summary_table
 
@@ -191,7 +192,8 @@ def run_train(args: argparse.Namespace) -> int:
             section, _, key = dotted.partition(".")
             raw.setdefault(section, {})[key] = value
         config = build_config(raw, Path.cwd())
-    result = run_ssl(config, args.run, args.weights, progress=not args.quiet)
+    result = run_ssl(config, args.run, args.weights, progress=not args.quiet,
+                     executor=make_executor(executor_config(args)))
     print(run_summary_table(result.records))
     log.info("weights: %s (process.py --weights %s); report: %s", result.weights_dir,
              result.weights_dir, result.report_dir)
@@ -216,42 +218,70 @@ def run_reproduce(args: argparse.Namespace) -> int:
                          "rehearse without one (not the paper's method)") from None
     reproduce(ReproduceSettings(config=config, val_root=args.val_root, work=args.work,
                                 val_gt=args.val_gt, stand_in=args.engine, dry_run=args.dry_run,
-                                progress=not args.quiet))
+                                progress=not args.quiet, executor=executor_config(args)))
     return 0
 
 
 def run_pseudo_label(args: argparse.Namespace) -> int:
-    from sslmedsam2.atlas import AtlasConfig
-    from sslmedsam2.engines.atlas import AtlasEngine
-    from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label
-    from sslmedsam2.supports import find_supports
+    from sslmedsam2.executors import make_executor
+    from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
 
     try:
         shard = Shard.parse(args.shard)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    supports = find_supports(args.supports)
-    if not supports:
-        raise UsageError(f"{args.supports}: no support cases (expected <case>/GED4.nii.gz with "
-                         "mask_GED4.nii.gz, or a CARE training root)")
     queries = find_queries(args.unlabelled, args.sequence[0])
     if not queries:
         raise UsageError(f"{args.unlabelled}: no {args.sequence[0]} volumes "
                          f"(expected <case>/{args.sequence[0]}.nii.gz or Vendor_X/<case>/...)")
-    engine = (_sam2_engine(args, supports) if args.method == "sam2" else
-              AtlasEngine(supports, AtlasConfig(deformable=args.deformable),
-                          max_supports=args.max_supports, origin=str(args.supports)))
-    log.info("%d support(s), %d quer%s (shard %d/%d: %d)", len(supports), len(queries),
+    recipe, source = _labelling_recipe(args)
+    log.info("%s, %d quer%s (shard %d/%d: %d)", source, len(queries),
              "y" if len(queries) == 1 else "ies", shard.index, shard.count,
              len(shard.select(queries)))
-    records = pseudo_label(engine, queries, args.out, args.sequence[0], shard, progress=not args.quiet)
+    executor = make_executor(executor_config(args))
+    labeller = CaseLabeller(recipe, args.out, args.sequence[0])
+    records = pseudo_label(labeller, queries, shard, progress=not args.quiet, executor=executor)
     failed = [r for r in records if r["status"] == "error"]
     log.info("done: %d labelled, %d already done, %d failed", sum(r["status"] == "ok" for r in records),
              sum(r["status"] == "skipped" for r in records), len(failed))
     return 1 if failed else 0
 
 
-def _sam2_engine(args: argparse.Namespace, supports):
+def _labelling_recipe(args: argparse.Namespace):
+    """How each worker builds the engine ``--method`` names (picklable), and a log line."""
+    from functools import partial
+
+    from sslmedsam2.atlas import AtlasConfig
+    from sslmedsam2.engines.atlas import AtlasEngine
+    from sslmedsam2.engines.base import RuntimeOptions
+    from sslmedsam2.engines.nnunet import NnUNetEngine
+    from sslmedsam2.supports import find_supports
+
+    if args.method == "nnunet":
+        if args.weights is None:
+            raise UsageError("--method nnunet needs --weights DIR (an exported weights folder)")
+        options = RuntimeOptions(device=args.device, folds=args.folds)
+        engine = NnUNetEngine(args.weights, options)
+        if not engine.can_segment(args.sequence[0]):
+            raise UsageError(f"missing weights: expected {engine.missing(args.sequence[0])}")
+        return (partial(NnUNetEngine, args.weights, options, with_uncertainty=True),
+                f"nnU-Net ensemble from {args.weights}")
+    if args.supports is None:
+        raise UsageError(f"--method {args.method} needs --supports DIR (labelled GED4 cases)")
+    supports = find_supports(args.supports)
+    if not supports:
+        raise UsageError(f"{args.supports}: no support cases (expected <case>/GED4.nii.gz with "
+                         "mask_GED4.nii.gz, or a CARE training root)")
+    source = f"{len(supports)} support(s)"
+    if args.method == "sam2":
+        return _sam2_recipe(args, supports), source
+    return (partial(AtlasEngine, supports, AtlasConfig(deformable=args.deformable),
+                    max_supports=args.max_supports, origin=str(args.supports)), source)
+
+
+def _sam2_recipe(args: argparse.Namespace, supports):
+    from functools import partial
+
     from sslmedsam2.engines.base import RuntimeOptions
     from sslmedsam2.engines.sam2 import Sam2Engine
     from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
@@ -260,8 +290,42 @@ def _sam2_engine(args: argparse.Namespace, supports):
     if args.checkpoint is None:
         raise UsageError("--method sam2 needs --checkpoint FILE (e.g. weights/sam2/MedSAM2_latest.pt)")
     config = {"paper": TFFSConfig(), "cpu-practical": TFFSConfig.cpu_practical(), "auto": None}[args.setting]
-    return Sam2Engine(supports, resolve_checkpoint(checkpoint=args.checkpoint),
-                      RuntimeOptions(device=args.device), config)
+    return partial(Sam2Engine, supports, resolve_checkpoint(checkpoint=args.checkpoint),
+                   RuntimeOptions(device=args.device), config)
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where cases and folds run: here (default) or on a Ray cluster."""
+    group = parser.add_argument_group(
+        "scale-out", "Cases (and nnU-Net folds) as tasks: local runs them in this process, ray "
+                     "on a Ray cluster whose nodes share the run folder's storage. Finished "
+                     "cases are never redone, so a run may change executor when resumed.")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local (default) or ray")
+    group.add_argument("--workers", type=int, default=None,
+                       help="parallel case workers, each with its own engine (local default 1: "
+                            "this process; ray default: as many as the cluster fits)")
+    group.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                       help="the Ray cluster to join (default: start Ray on this machine)")
+    group.add_argument("--cpus-per-task", type=float, default=1.0,
+                       help="CPUs per case worker (its thread count; default 1)")
+    group.add_argument("--gpus-per-task", type=float, default=0.0,
+                       help="GPUs per case worker and per fold, e.g. 1 or 0.5 (default 0)")
+    group.add_argument("--memory-per-task", type=float, default=None, metavar="GB",
+                       help="RAM Ray reserves per task (default: none)")
+
+
+def executor_config(args: argparse.Namespace):
+    from sslmedsam2.executors import ExecutorConfig, Resources
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    task = Resources(cpus=args.cpus_per_task, gpus=args.gpus_per_task,
+                     memory_gb=args.memory_per_task)
+    fold = Resources(cpus=max(args.cpus_per_task, 1.0), gpus=args.gpus_per_task,
+                     memory_gb=args.memory_per_task)
+    return ExecutorConfig(kind=args.executor, workers=args.workers, ray_address=args.ray_address,
+                          task=task, fold_task=fold)
 
 
 def run_montage(args: argparse.Namespace) -> int:
@@ -366,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--engine", choices=["atlas", "sam2", "none"], default=None,
                        help="override [pseudo_labels] engine (none: labelled-only nnU-Net)")
     add_schedule_overrides(train)
+    add_executor_arguments(train)
     train.add_argument("--print-config", action="store_true",
                        help="print the annotated config template and exit")
     train.set_defaults(func=run_train)
@@ -399,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--folds", type=_fold_list, default=None,
                        help="override the folds of every round, e.g. all (one model on every case)")
     add_schedule_overrides(repro)
+    add_executor_arguments(repro)
     repro.add_argument("--dry-run", action="store_true",
                        help="check the data and print the expected cost, then stop")
     repro.set_defaults(func=run_reproduce)
@@ -411,9 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "case. Method atlas: SimpleITK registration (mutual information, any sequence) "
                     "of each support to the query and a majority vote. Method sam2: the supports "
                     "as SAM2 memory, whole-insert videos (TFFS-MedSAM2).")
-    pseudo.add_argument("--method", choices=["atlas", "sam2"], default="atlas",
+    pseudo.add_argument("--method", choices=["atlas", "sam2", "nnunet"], default="atlas",
                         help="atlas: registration + vote (no weights); sam2: TFFS-MedSAM2 "
-                             "(needs --checkpoint)")
+                             "(needs --checkpoint); nnunet: batch prediction with a trained "
+                             "ensemble (needs --weights)")
     pseudo.add_argument("--checkpoint", type=Path, default=None,
                         help="sam2: a local checkpoint (MedSAM2_latest.pt, sam2.1_hiera_*.pt); "
                              "nothing is downloaded")
@@ -421,9 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sam2: paper = 10 supports x 5 insertions, all slices (GPU); "
                              "cpu-practical = an approximation (3 x 2, every 2nd support slice, "
                              "4 prompted frames in attention); auto = paper on GPU")
-    pseudo.add_argument("--device", default="auto", help="sam2: auto, cpu or cuda[:N]")
-    pseudo.add_argument("--supports", type=Path, required=True,
-                        help="<case>/GED4.nii.gz + mask_GED4.nii.gz folders, or a CARE training root")
+    pseudo.add_argument("--device", default="auto", help="sam2, nnunet: auto, cpu or cuda[:N]")
+    pseudo.add_argument("--weights", type=Path, default=None,
+                        help="nnunet: an exported weights folder (sslmedsam2 train's weights/)")
+    pseudo.add_argument("--folds", type=_fold_list, default=None,
+                        help="nnunet: folds to ensemble (default: all on GPU, one on CPU)")
+    pseudo.add_argument("--supports", type=Path, default=None,
+                        help="atlas, sam2: <case>/GED4.nii.gz + mask_GED4.nii.gz folders, or a "
+                             "CARE training root")
     pseudo.add_argument("--unlabelled", type=Path, required=True,
                         help="CARE root (Vendor_X/<case>/<SEQ>.nii.gz) or a folder of case folders")
     pseudo.add_argument("--out", type=Path, required=True)
@@ -434,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="supports registered per query, same vendor first (default 5)")
     pseudo.add_argument("--deformable", action="store_true",
                         help="add a B-spline stage after the affine one (slower)")
+    add_executor_arguments(pseudo)
     pseudo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pseudo.add_argument("-v", "--verbose", action="store_true")
     pseudo.set_defaults(func=run_pseudo_label)

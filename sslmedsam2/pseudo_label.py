@@ -1,9 +1,10 @@
-"""Few-shot pseudo labelling of unlabelled volumes: resumable, shardable, one JSON line per case.
+"""Pseudo labelling of unlabelled volumes (few-shot engines, or an nnU-Net ensemble's
+predictions): resumable, shardable, spreadable over an executor, one JSON line per case.
 
 Output per case: ``<out>/<case>/<SEQ>.nii.gz`` (0/1 mask on the query's grid) and
 ``<out>/<case>/<SEQ>_uncertainty.nii.gz`` (binary entropy of the fused probability). The mask is
 renamed into place last, so a case whose mask exists is complete and is skipped: an interrupted
-run continues where it stopped;
+run continues where it stopped, whichever executor (``sslmedsam2.executors``) ran it;
 ``--shard i/n`` gives each machine every n-th case starting at i.
 """
 
@@ -11,15 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sslmedsam2.engines.base import Engine
 from sslmedsam2.errors import SSLMedSAM2Error
+from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import itk_reason, read_volume, volume_stem, volume_suffix, write_map, write_mask
 from sslmedsam2.orientation import segment_in_orientation
 from sslmedsam2.postprocess import largest_component
@@ -73,26 +73,56 @@ def outputs_of(out_dir: Path, query: Query, sequence: str) -> tuple[Path, Path]:
     return folder / f"{sequence}.nii.gz", folder / f"{sequence}_uncertainty.nii.gz"
 
 
-def pseudo_label(engine: Engine, queries: list[Query], out_dir: Path, sequence: str = GED4,
-                 shard: Shard = Shard(), progress: bool = True,
-                 largest_only: bool = False) -> list[dict]:
+class CaseLabeller:
+    """Labels one query per call into ``out_dir``. Picklable: it carries how to build its engine
+    (``make_engine``), and builds it on first use in whichever process runs it; ``engine`` hands
+    it one already built here."""
+
+    def __init__(self, make_engine: Callable[[], Engine], out_dir: Path, sequence: str = GED4,
+                 largest_only: bool = False, engine: Engine | None = None) -> None:
+        self.make_engine = make_engine
+        self.out_dir = Path(out_dir)
+        self.sequence = sequence
+        self.largest_only = largest_only
+        self._engine = engine
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_engine": None}  # each process loads its own model
+
+    def __call__(self, query: Query) -> dict:
+        if self._engine is None:
+            self._engine = self.make_engine()
+        return _label_one(self._engine, query, self.out_dir, self.sequence, self.largest_only)
+
+    def lost(self, query: Query, why: str) -> dict:
+        """The record of a case whose worker died every time it tried it."""
+        return {"case": query.case, "sequence": self.sequence, "input": str(query.image),
+                "status": "error", "error": f"{query.image}: {why}", "seconds": 0.0}
+
+
+def pseudo_label(labeller: CaseLabeller, queries: list[Query], shard: Shard = Shard(),
+                 progress: bool = True, executor: Executor | None = None) -> list[dict]:
     """Label every query of this shard not labelled yet; returns one record per case.
 
-    ``largest_only`` keeps the largest connected component, as ``process.py`` does (the few-shot
-    engines already do; nnU-Net predictions do not).
+    ``labeller.largest_only`` keeps the largest connected component, as ``process.py`` does (the
+    few-shot engines already do; nnU-Net predictions do not). Cases go to ``executor`` (default:
+    this process, one after another); finished ones are skipped before any is sent.
     """
+    out_dir = labeller.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    journal = out_dir / f"pseudo_labels.shard-{shard.index}-of-{shard.count}.jsonl"
-    records = []
     selected = shard.select(queries)
-    for query in tqdm(selected, desc=f"pseudo labels ({engine.name})", unit="case",
-                      file=sys.stderr, disable=not progress):
-        record = _label_one(engine, query, out_dir, sequence, largest_only)
-        records.append(record)
-        if record["status"] != "skipped":
-            with journal.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-    return records
+    todo = [q for q in selected if not outputs_of(out_dir, q, labeller.sequence)[0].is_file()]
+    executor = executor or LocalExecutor()
+    done = executor.map_cases(labeller, todo, desc="pseudo labels", progress=progress,
+                              lost=labeller.lost)
+    by_case = {record["case"]: record for record in done}
+    journal = out_dir / f"pseudo_labels.shard-{shard.index}-of-{shard.count}.jsonl"
+    with journal.open("a") as handle:
+        for record in done:
+            handle.write(json.dumps(record) + "\n")
+    return [by_case.get(q.case) or {"case": q.case, "sequence": labeller.sequence,
+                                    "input": str(q.image), "status": "skipped", "seconds": 0.0}
+            for q in selected]
 
 
 def _label_one(engine: Engine, query: Query, out_dir: Path, sequence: str,

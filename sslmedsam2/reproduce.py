@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from sslmedsam2.care_check import RootReport, check_ground_truth, check_root
 from sslmedsam2.engines import RuntimeOptions
 from sslmedsam2.errors import UsageError
 from sslmedsam2.evaluation import CaseResult, aligned_table, evaluate_folders, write_csv
+from sslmedsam2.executors import ExecutorConfig, make_executor
 from sslmedsam2.inference import InferenceSettings, run_inference
 from sslmedsam2.io import write_text_atomic
 from sslmedsam2.runtime import resolve_device
@@ -70,6 +72,8 @@ class ReproduceSettings:
     stand_in: str | None = None
     dry_run: bool = False
     progress: bool = True
+    #: where cases and folds run (``--executor``); the estimate divides them among its workers
+    executor: ExecutorConfig = ExecutorConfig()
 
 
 @dataclass
@@ -112,26 +116,38 @@ def check_data(settings: ReproduceSettings) -> tuple[RootReport, RootReport]:
     return train, val
 
 
-def estimate(config: SSLConfig, train: RootReport, val: RootReport, costs: CostFigures) -> list[Step]:
+def estimate(config: SSLConfig, train: RootReport, val: RootReport, costs: CostFigures,
+             workers: int = 1) -> list[Step]:
     """Seconds per step from measured figures: round 0 per query, every round's training per
     iteration and fold, predictions per case and fold (the unlabelled cases and the labelled fit),
-    the final model, the validation cases."""
+    the final model, the validation cases.
+
+    ``workers`` GPUs (or CPU workers) take cases and folds as tasks (``--executor ray``):
+    sequences still run one after the other, so a step waits for its slowest wave of tasks.
+    Validation predictions go through ``process.py``'s code path, on one device.
+    """
     labelled, cases = len(train.labelled), len(train.vendors)
     sequences = config.data.sequences
     engine = config.pseudo_labels.engine
     unlabelled = 0 if engine == "none" else cases - labelled
-    steps = [Step("round 0 pseudo labels", unlabelled * len(sequences) * costs.query_s[engine])]
+
+    def waves(tasks: int) -> int:
+        return math.ceil(tasks / workers)
+
+    steps = [Step("round 0 pseudo labels",
+                  len(sequences) * waves(unlabelled) * costs.query_s[engine])]
     rounds = config.loop.max_rounds if engine != "none" else 0
     inter = config.intermediate.resolve(labelled + unlabelled)
     for number in range(1, rounds + 1):
-        train_s = len(inter.folds) * inter.epochs * inter.iterations_per_epoch * costs.iteration_s
-        predict_s = cases * len(inter.folds) * costs.predict_fold_s
-        steps.append(Step(f"round {number} (train + predict)", len(sequences) * (train_s + predict_s)))
+        fold_s = inter.epochs * inter.iterations_per_epoch * costs.iteration_s
+        predict_s = waves(cases) * len(inter.folds) * costs.predict_fold_s
+        steps.append(Step(f"round {number} (train + predict)",
+                          len(sequences) * (waves(len(inter.folds)) * fold_s + predict_s)))
     final = config.final.resolve(labelled + unlabelled)
     # the loop reuses the last round's model when the final schedule is the same
     reused = rounds > 0 and final == inter
     models = len(config.final.extra_configurations) + (0 if reused else 1)
-    steps.append(Step("final model", len(sequences) * models * len(final.folds) * final.epochs
+    steps.append(Step("final model", len(sequences) * models * waves(len(final.folds)) * final.epochs
                       * final.iterations_per_epoch * costs.iteration_s))
     steps.append(Step("validation predictions", len(val.vendors) * len(sequences) * len(final.folds)
                       * costs.predict_fold_s))
@@ -147,13 +163,16 @@ def reproduce(settings: ReproduceSettings) -> Reproduction:
     train, val = check_data(settings)
     on_gpu = resolve_device(config.loop.device).type == "cuda"
     costs = GPU_COSTS if on_gpu else CPU_COSTS
-    steps = estimate(config, train, val, costs)
+    executor = make_executor(settings.executor)
+    steps = estimate(config, train, val, costs,
+                     workers=executor.workers if executor.name == "ray" else 1)
     log.info("expected cost (from %s):\n%s", costs.source, steps_table(steps))
     outcome = Reproduction([train.summary(), val.summary()], steps, costs.source, settings.stand_in)
     if settings.dry_run:
         return outcome
     work.mkdir(parents=True, exist_ok=True)
-    result = run_ssl(config, work / "run", work / "weights", progress=settings.progress)
+    result = run_ssl(config, work / "run", work / "weights", progress=settings.progress,
+                     executor=executor)
     log.info("semi-supervised loop:\n%s", run_summary_table(result.records))
     _record_actual(steps, result.records)
     started = time.perf_counter()

@@ -87,6 +87,18 @@ def autocast(device, precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def seed_everything(seed: int) -> None:
+    """nnU-Net draws from Python's, NumPy's and torch's global generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def configure_threads(threads: int | None) -> int:
     """Use every CPU we are allowed (or ``threads``) for torch's intra-op pool."""
     import torch
@@ -94,6 +106,14 @@ def configure_threads(threads: int | None) -> int:
     count = threads or available_cpus()
     torch.set_num_threads(count)
     return count
+
+
+def limit_threads(count: int) -> None:
+    """A worker's share of the CPUs: torch's and ITK's (registration) thread pools both."""
+    import SimpleITK as sitk
+
+    configure_threads(count)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
 
 
 @contextlib.contextmanager

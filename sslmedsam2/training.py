@@ -24,11 +24,12 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
+from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import read_volume, write_image_atomic
 from sslmedsam2.nnunet_trainers import trainer_search_path
 from sslmedsam2.orientation import reorient
 from sslmedsam2.runtime import (available_cpus, configure_threads, quiet_stdout, resolve_device,
-                                scoped_environ)
+                                scoped_environ, seed_everything)
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
 
@@ -211,14 +212,17 @@ _DONE = ".sslmedsam2-done"
 
 
 def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, sequence: str,
-               dataset_id: int, device, num_processes: int, ignore: bool = False) -> Path:
+               dataset_id: int, device, num_processes: int, ignore: bool = False,
+               executor: Executor | None = None, seed: int | None = None) -> Path:
     """Raw dataset -> plan/preprocess -> every fold of ``profile``; returns the model folder.
 
-    Resumable: each finished step leaves a marker, and a rerun with the same ``work_dir`` skips
-    marked steps (a fold interrupted mid-training is retrained from scratch). Redoing an early
-    step clears the markers after it.
+    Folds go to ``executor`` as one task each (default: here, one after another), fold k seeded
+    with ``seed + k`` wherever it runs (fold ``all``: ``seed``). Resumable:
+    each finished step leaves a marker, and a rerun with the same ``work_dir`` skips marked steps
+    (a fold interrupted mid-training is retrained from scratch). Redoing an early step clears
+    the markers after it.
     """
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()
     dataset_name = f"Dataset{dataset_id:03d}_SSL{sequence}"
     with nnunet_environment(work_dir) as paths:
         model_folder = paths["nnUNet_results"] / dataset_name / profile.model_folder_name
@@ -232,19 +236,40 @@ def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, s
             shutil.rmtree(model_folder, ignore_errors=True)
             plan_and_preprocess(dataset_id, profile, num_processes)
             plan_done.touch()
+    todo = [fold for fold in profile.folds if not (model_folder / f"fold_{fold}" / _DONE).is_file()]
+    for fold in sorted(set(profile.folds) - set(todo)):
+        log.info("%s fold %s already trained (%s)", sequence, fold, model_folder)
+    executor = executor or LocalExecutor()
+    where = executor.fold_device(str(device))
+    seconds = executor.run_tasks(
+        train_fold_task, [(work_dir, dataset_name, fold, profile, where, fold_seed(seed, fold))
+                          for fold in todo],
+        desc=f"{sequence} folds")
+    for fold, took in zip(todo, seconds):
+        log.info("%s fold %s trained in %.0f s", sequence, fold, took)
+    return model_folder
+
+
+def fold_seed(seed: int | None, fold: str) -> int | None:
+    return None if seed is None else seed + (0 if fold == "all" else int(fold))
+
+
+def train_fold_task(work_dir: Path, dataset_name: str, fold: str, profile: TrainingProfile,
+                    device: str, seed: int | None = None) -> float:
+    """One fold of a planned dataset under ``work_dir``, then its done marker; returns seconds.
+    Reads the preprocessed data and plans, writes only ``fold_<fold>/`` (and nnU-Net's copies
+    of plans.json and dataset.json beside it), so folds can train at once on different nodes."""
+    started = time.perf_counter()
+    with nnunet_environment(Path(work_dir)) as paths:
+        model_folder = paths["nnUNet_results"] / dataset_name / profile.model_folder_name
         plans = json.loads((paths["nnUNet_preprocessed"] / dataset_name / "nnUNetPlans.json").read_text())
         dataset_json = json.loads((paths["nnUNet_raw"] / dataset_name / "dataset.json").read_text())
-        for fold in profile.folds:
-            marker = model_folder / f"fold_{fold}" / _DONE
-            if marker.is_file():
-                log.info("%s fold %s already trained (%s)", sequence, fold, model_folder)
-                continue
-            shutil.rmtree(model_folder / f"fold_{fold}", ignore_errors=True)
-            started = time.perf_counter()
-            train_fold(plans, dataset_json, fold, profile, device)
-            marker.touch()
-            log.info("%s fold %s trained in %.0f s", sequence, fold, time.perf_counter() - started)
-    return model_folder
+        shutil.rmtree(model_folder / f"fold_{fold}", ignore_errors=True)
+        if seed is not None:
+            seed_everything(seed)
+        train_fold(plans, dataset_json, fold, profile, resolve_device(device))
+        (model_folder / f"fold_{fold}" / _DONE).touch()
+    return time.perf_counter() - started
 
 
 def check_folds(profile: TrainingProfile, n_cases: int, where: object) -> None:

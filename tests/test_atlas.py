@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from sslmedsam2.atlas import RegistrationError, propagate
 from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.metrics import compute_metrics
-from sslmedsam2.pseudo_label import Shard, find_queries, pseudo_label
+from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
 from sslmedsam2.supports import find_supports, same_vendor_first
 
 from conftest import SEED_DIR, reoriented, run_process
@@ -101,7 +102,8 @@ class CrashingOnce(AtlasEngine):
 
 def test_a_crash_on_one_pseudo_label_loses_nothing_else(tmp_path, example_dataset, supports):
     queries = find_queries(example_dataset.test_input_dir, "GED4")
-    records = pseudo_label(CrashingOnce(supports[:1]), queries, tmp_path, "GED4", progress=False)
+    labeller = CaseLabeller(partial(CrashingOnce, supports[:1]), tmp_path, "GED4")
+    records = pseudo_label(labeller, queries, progress=False)
     assert [r["status"] for r in records] == ["error", "ok"]
     assert records[0]["error"] == (f"{queries[0].image}: segmentation failed (RuntimeError: "
                                    "second line)")
@@ -117,12 +119,12 @@ def test_binary_entropy():
 def test_pseudo_labels_resume_and_shard(tmp_path, example_dataset, supports):
     queries = find_queries(example_dataset.test_input_dir, "T1")
     assert [q.case for q in queries] == [c.case_id for c in example_dataset.split("test")]
-    engine = AtlasEngine(supports, max_supports=1)
     out = tmp_path / "pseudo"
-    first = pseudo_label(engine, queries, out, "T1", Shard(0, 2), progress=False)
-    second = pseudo_label(engine, queries, out, "T1", Shard(1, 2), progress=False)
+    labeller = CaseLabeller(partial(AtlasEngine, supports, max_supports=1), out, "T1")
+    first = pseudo_label(labeller, queries, Shard(0, 2), progress=False)
+    second = pseudo_label(labeller, queries, Shard(1, 2), progress=False)
     assert [r["case"] for r in first + second] == sorted(q.case for q in queries)
-    again = pseudo_label(engine, queries, out, "T1", Shard(0, 1), progress=False)
+    again = pseudo_label(labeller, queries, Shard(0, 1), progress=False)
     assert {r["status"] for r in again} == {"skipped"}
     for query in queries:
         image = _read(query.image)

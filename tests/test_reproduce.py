@@ -71,8 +71,16 @@ def test_reproduce_writes_the_submission_and_the_comparison(care, tmp_path):
     record = json.loads((work / "reproduce.json").read_text())
     assert record["stand_in"] == "atlas"
     assert {r["sequence"] for r in record["results"]} == {"GED4", "T1"}
-    ged4 = [r["dice"] for r in record["results"] if r["sequence"] == "GED4"]
-    assert len(ged4) == 3 and np.mean(ged4) > 0.3  # a real, if tiny, model: not noise
+    ged4 = {r["case"]: r for r in record["results"] if r["sequence"] == "GED4"}
+    assert sorted(ged4) == ["0007-A", "0008-B1", "0009-B2"]
+    # six training iterations make no usable model; what is checked is that the table scores the
+    # submitted files against the given masks
+    for case, row in ged4.items():
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(row["pred_path"])) > 0
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(row["gt_path"])) > 0
+        assert Path(row["pred_path"]).parent.name == case and case in row["gt_path"]
+        expected = 2 * np.sum(pred & truth) / (np.sum(pred) + np.sum(truth))
+        assert row["dice"] == pytest.approx(expected, abs=1e-6)
     steps = {s["name"]: s for s in record["steps"]}
     assert set(steps) == {"round 0 pseudo labels", "round 1 (train + predict)", "final model",
                           "validation predictions"}

@@ -23,22 +23,23 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from sslmedsam2.engines.base import Engine, RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.evaluation import evaluate_pair, find_ground_truth
+from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import write_text_atomic
-from sslmedsam2.pseudo_label import Query, find_queries, outputs_of, pseudo_label
+from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, outputs_of, pseudo_label
 from sslmedsam2.runtime import available_cpus, resolve_device
 from sslmedsam2.sequences import GED4
 from sslmedsam2.ssl.config import SSLConfig
@@ -132,16 +133,27 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
                       RuntimeOptions(device=config.loop.device), tffs)
 
 
-class SemiSupervisedRun:
-    """One run folder: configure once, then :meth:`run` (again, after a kill, to resume)."""
+EngineRecipe = Callable[[], Engine]
 
-    def __init__(self, config: SSLConfig, run_dir: Path, progress: bool = True) -> None:
+
+class SemiSupervisedRun:
+    """One run folder: configure once, then :meth:`run` (again, after a kill, to resume).
+
+    Cases (pseudo labels, predictions) and folds go to ``executor``: this process by default, or
+    a Ray cluster. The files are the same either way, so a run may change executor on resuming.
+    """
+
+    def __init__(self, config: SSLConfig, run_dir: Path, progress: bool = True,
+                 executor: Executor | None = None) -> None:
         self.config = config
         self.run_dir = Path(run_dir).resolve()
         self.progress = progress
+        self.executor = executor or LocalExecutor()
         self.device = resolve_device(config.loop.device)
         self.supports = find_supports(config.data.train, GED4)
-        self._fewshot: Engine | None = None
+        self._fewshot = partial(fewshot_engine, config, self.supports)
+        # the engine last built in this process and its recipe: reused while steps ask for it
+        self._built: tuple[EngineRecipe, Engine] | None = None
 
     # -- the loop -------------------------------------------------------------------------
     def run_sequence(self, sequence: str) -> tuple[list[StepRecord], Path]:
@@ -201,12 +213,13 @@ class SemiSupervisedRun:
         if done:
             return done
         started = time.perf_counter()
-        engine = self._fewshot_engine()
+        engine = self._fewshot
+        name = self.config.pseudo_labels.engine
         log.info("%s round 0: %s pseudo labels for %d unlabelled case(s) from %d GED4 support(s)",
-                 cases.sequence, engine.name, len(cases.unlabelled), len(self.supports))
+                 cases.sequence, name, len(cases.unlabelled), len(self.supports))
         failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
         record = StepRecord(sequence=cases.sequence, step="round_00", seconds=0.0,
-                            engine=engine.name, labelled=len(cases.labelled), failed=failed)
+                            engine=name, labelled=len(cases.labelled), failed=failed)
         self._score_holdout(engine, cases, folder, record)
         record.seconds = round(time.perf_counter() - started, 1)
         return write_record(folder, record)
@@ -237,7 +250,7 @@ class SemiSupervisedRun:
                  _fmt(record.labelled_dice_mean), _fmt(record.holdout_dice_mean))
         return write_record(folder, record)
 
-    def _labelled_fit(self, engine: Engine, cases: SequenceCases, folder: Path) -> float | None:
+    def _labelled_fit(self, engine: EngineRecipe, cases: SequenceCases, folder: Path) -> float | None:
         """Mean Dice of this round's model on the labelled cases' own masks. They are training
         cases, so the figure is optimistic; it serves to detect drift between rounds."""
         if not cases.labelled or not self.config.loop.keep_best_round:
@@ -295,10 +308,10 @@ class SemiSupervisedRun:
         for configuration in extras:
             log.info("%s final: companion %s model on the same %d case(s)", cases.sequence,
                      configuration, len(training))
-            seed_everything(self.config.loop.seed + 99)
             models.append(str(fit_nnunet(
                 training, folder / f"nnunet_{configuration}", replace(profile, configuration=configuration),
-                cases.sequence, self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore)))
+                cases.sequence, self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore,
+                executor=self.executor, seed=self.config.loop.seed + 99)))
         return models
 
     # -- pieces -----------------------------------------------------------------------------
@@ -326,33 +339,37 @@ class SemiSupervisedRun:
                  "(%d left out)", cases.sequence, folder.name, profile.name,
                  profile.configuration, ",".join(profile.folds), len(training),
                  len(cases.labelled), len(kept), record.pseudo_dropped)
-        seed_everything(self.config.loop.seed + number)
         ignore = self.config.pseudo_labels.ignore_uncertainty_above is not None and bool(kept)
         model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
-                           self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore)
+                           self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore,
+                           executor=self.executor, seed=self.config.loop.seed + number)
         record.model, record.folds = str(model), list(profile.folds)
         record.trained_on = [c.case for c in training]
         return model, profile
 
-    def _fewshot_engine(self) -> Engine:
-        if self._fewshot is None:
-            self._fewshot = fewshot_engine(self.config, self.supports)
-        return self._fewshot
-
-    def _nnunet_engine(self, sequence: str, model: Path, profile: TrainingProfile) -> NnUNetEngine:
+    def _nnunet_engine(self, sequence: str, model: Path, profile: TrainingProfile) -> EngineRecipe:
         options = RuntimeOptions(device=self.config.loop.device, folds=tuple(profile.folds),
                                  tta=False)
-        return NnUNetEngine(self.run_dir, options, models={sequence: model}, with_uncertainty=True)
+        return partial(NnUNetEngine, self.run_dir, options, models={sequence: model},
+                       with_uncertainty=True)
 
-    def _label(self, engine: Engine, queries: list[Query], out_dir: Path, sequence: str,
+    def _label(self, engine: EngineRecipe, queries: list[Query], out_dir: Path, sequence: str,
                largest_only: bool = False) -> list[str]:
         if not self.config.pseudo_labels.same_vendor_supports:
             queries = [replace(q, vendor=None) for q in queries]  # no vendor: every support
-        records = pseudo_label(engine, queries, out_dir, sequence, progress=self.progress,
-                               largest_only=largest_only)
+        labeller = CaseLabeller(engine, out_dir, sequence, largest_only, engine=self._local(engine))
+        records = pseudo_label(labeller, queries, progress=self.progress, executor=self.executor)
         return [r["case"] for r in records if r["status"] == "error"]
 
-    def _score_holdout(self, engine: Engine, cases: SequenceCases, folder: Path,
+    def _local(self, recipe: EngineRecipe) -> Engine | None:
+        """This process's engine for ``recipe`` when cases run here, built once per step."""
+        if not isinstance(self.executor, LocalExecutor) or self.executor.workers > 1:
+            return None
+        if self._built is None or self._built[0] is not recipe:
+            self._built = (recipe, recipe())
+        return self._built[1]
+
+    def _score_holdout(self, engine: EngineRecipe, cases: SequenceCases, folder: Path,
                        record: StepRecord) -> None:
         """Predict and score the held-out split with this step's model (or few-shot engine)."""
         if not cases.holdout:
@@ -399,13 +416,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks; two empty masks agree perfectly."""
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def seed_everything(seed: int) -> None:
-    """nnU-Net draws from Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _fmt(value: float | None) -> str:

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from sslmedsam2 import __version__
 from sslmedsam2.errors import UsageError
 from sslmedsam2.evaluation import aligned_table
+from sslmedsam2.executors import Executor
 from sslmedsam2.io import read_volume, write_text_atomic
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.montage import save_overlay_montage
@@ -48,13 +49,14 @@ class RunResult:
 
 
 def run_ssl(config: SSLConfig, run_dir: Path, weights_dir: Path | None = None,
-            progress: bool = True) -> RunResult:
-    """Run (or resume) every sequence's loop, then report and export. Returns what was made."""
+            progress: bool = True, executor: Executor | None = None) -> RunResult:
+    """Run (or resume) every sequence's loop, then report and export. Returns what was made.
+    Cases and folds run on ``executor`` (default: this process)."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     record_provenance(config, run_dir)
     configure_threads(None)
-    run = SemiSupervisedRun(config, run_dir, progress=progress)
+    run = SemiSupervisedRun(config, run_dir, progress=progress, executor=executor)
     records: list[StepRecord] = []
     models: dict[str, tuple[Path, StepRecord]] = {}
     for sequence in config.data.sequences:

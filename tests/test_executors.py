@@ -1,0 +1,170 @@
+"""Executors: cases and folds on a local process pool or a Ray instance started here give the same
+files as the default in-process run, also when a Ray worker dies in the middle of a case."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import SimpleITK as sitk
+import torch
+
+from sslmedsam2.engines.atlas import AtlasEngine
+from sslmedsam2.executors import LocalExecutor, RayExecutor, Resources
+from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, pseudo_label
+from sslmedsam2.runtime import limit_threads
+from sslmedsam2.supports import Support, find_supports
+from sslmedsam2.training import PROFILES, fit_nnunet
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray instance of this test's own: 2 CPUs, a small object store, no dashboard."""
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
+             log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def queries(example_dataset) -> list[Query]:
+    return (find_queries(example_dataset.train_dir, "GED4")
+            + find_queries(example_dataset.test_input_dir, "GED4"))
+
+
+@pytest.fixture(scope="module")
+def recipe(example_dataset):
+    return partial(AtlasEngine, find_supports(example_dataset.train_dir)[:1], max_supports=1)
+
+
+@pytest.fixture(scope="module")
+def local_labels(tmp_path_factory, queries, recipe) -> Path:
+    """The reference: every case labelled in this process, one worker thread like the others."""
+    out = tmp_path_factory.mktemp("local")
+    with _single_threaded():
+        records = pseudo_label(CaseLabeller(recipe, out, "GED4"), queries, progress=False)
+    assert [r["status"] for r in records] == ["ok"] * len(queries)
+    return out
+
+
+def test_process_pool_gives_the_same_labels(tmp_path, queries, recipe, local_labels):
+    executor = LocalExecutor(workers=2)
+    records = pseudo_label(CaseLabeller(recipe, tmp_path, "GED4"), queries, progress=False,
+                           executor=executor)
+    assert [r["status"] for r in records] == ["ok"] * len(queries)
+    _assert_same_outputs(tmp_path, local_labels, queries)
+
+
+def test_ray_survives_a_killed_worker_and_gives_the_same_labels(tmp_path, local_ray, queries,
+                                                                recipe, local_labels):
+    executor = RayExecutor(workers=2, resources=Resources(cpus=1))
+    labeller = CaseLabeller(recipe, tmp_path, "GED4")
+    records: list[dict] = []
+    run = threading.Thread(target=lambda: records.extend(
+        pseudo_label(labeller, queries, progress=False, executor=executor)))
+    run.start()
+    # once the first case is written the workers are busy with the next ones: kill one mid-case
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("*/GED4.nii.gz")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim = _busy_worker(deadline)
+    os.kill(victim, signal.SIGKILL)  # a crash: Ray restarts the worker and retries its case
+    run.join(timeout=600)
+    assert not run.is_alive()
+    assert [r["status"] for r in records] == ["ok"] * len(queries)
+    _assert_same_outputs(tmp_path, local_labels, queries)
+    # resuming on another executor redoes nothing
+    again = pseudo_label(labeller, queries, progress=False)
+    assert {r["status"] for r in again} == {"skipped"}
+
+
+def test_ray_trains_two_folds_like_the_local_executor(tmp_path, local_ray, example_dataset):
+    cases = [Support(c.case_id, c.images["GED4"], c.ground_truth["GED4"], c.vendor)
+             for c in example_dataset.cases]
+    assert len(cases) >= 5  # nnU-Net's 5-fold split needs five cases
+    profile = replace(PROFILES["tiny-test"], folds=("0", "1"))
+    cpu = torch.device("cpu")
+    with _single_threaded():
+        local = fit_nnunet(cases, tmp_path / "local", profile, "GED4", 501, cpu, 1, seed=11)
+    remote = fit_nnunet(cases, tmp_path / "ray", profile, "GED4", 501, cpu, 1, seed=11,
+                        executor=RayExecutor(fold_resources=Resources(cpus=1)))
+    for fold in profile.folds:
+        ours = torch.load(remote / f"fold_{fold}" / "checkpoint_final.pth", weights_only=False)
+        reference = torch.load(local / f"fold_{fold}" / "checkpoint_final.pth", weights_only=False)
+        assert ours["network_weights"].keys() == reference["network_weights"].keys()
+        for name, tensor in reference["network_weights"].items():
+            torch.testing.assert_close(ours["network_weights"][name], tensor, msg=name)
+
+
+def _busy_worker(deadline: float) -> int:
+    """The process id of a Ray worker running a case now (Ray titles it ``ray::CaseActor.run``)."""
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if entry.name.isdigit() and title.startswith(b"ray::CaseActor.run"):
+                return int(entry.name)
+        time.sleep(0.05)
+    raise AssertionError("no Ray worker was running a case")
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One torch and ITK thread in this process, as each 1-CPU worker has."""
+    torch_threads = torch.get_num_threads()
+    itk_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    limit_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
+
+
+def _assert_same_outputs(out: Path, reference: Path, queries: list[Query]) -> None:
+    for query in queries:
+        for name in ("GED4.nii.gz", "GED4_uncertainty.nii.gz"):
+            ours = sitk.ReadImage(str(out / query.case / name))
+            theirs = sitk.ReadImage(str(reference / query.case / name))
+            np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours),
+                                          sitk.GetArrayViewFromImage(theirs), err_msg=name)
+            assert ours.GetOrigin() == theirs.GetOrigin() and ours.GetSpacing() == theirs.GetSpacing()
+
+
+def test_cli_batch_prediction_on_ray_matches_local(tmp_path, local_ray, trained_weights,
+                                                   example_dataset):
+    """``pseudo-label --method nnunet``: a trained ensemble over many cases, here and on Ray."""
+    from sslmedsam2.cli import main
+
+    common = ["pseudo-label", "--method", "nnunet", "--weights", str(trained_weights),
+              "--device", "cpu", "--unlabelled", str(example_dataset.test_input_dir), "-q"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray",
+                 "--workers", "2"]) == 0
+    queries = find_queries(example_dataset.test_input_dir, "GED4")
+    _assert_same_outputs(tmp_path / "ray", tmp_path / "local", queries)
+    for query in queries:  # on the input's grid
+        image = sitk.ReadImage(str(query.image))
+        mask = sitk.ReadImage(str(tmp_path / "ray" / query.case / "GED4.nii.gz"))
+        assert mask.GetSize() == image.GetSize() and mask.GetDirection() == image.GetDirection()
+
+
+def test_cli_refuses_bad_executor_options(tmp_path, example_dataset):
+    from sslmedsam2.cli import main
+
+    base = ["pseudo-label", "--unlabelled", str(example_dataset.test_input_dir),
+            "--out", str(tmp_path), "-q"]
+    assert main([*base, "--method", "nnunet"]) == 1  # no --weights
+    assert main([*base, "--supports", str(example_dataset.train_dir), "--workers", "0"]) == 1
