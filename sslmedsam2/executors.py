@@ -69,6 +69,8 @@ class ExecutorConfig:
 
 class Executor(Protocol):
     name: str
+    #: cases run in this process (their log lines appear as they happen)
+    runs_here: bool
 
     def map_cases(self, worker: Callable[[Item], Result], items: Sequence[Item],
                   desc: str = "cases", progress: bool = True,
@@ -96,6 +98,7 @@ class LocalExecutor:
     def __init__(self, workers: int = 1, resources: Resources = Resources()) -> None:
         self.workers = max(1, workers)
         self.resources = resources
+        self.runs_here = self.workers == 1
 
     def map_cases(self, worker, items, desc="cases", progress=True, lost=None):
         bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
@@ -156,6 +159,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    runs_here = False
 
     def __init__(self, address: str | None = None, workers: int | None = None,
                  resources: Resources = Resources(), fold_resources: Resources = Resources(),

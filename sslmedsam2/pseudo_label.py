@@ -115,6 +115,10 @@ def pseudo_label(labeller: CaseLabeller, queries: list[Query], shard: Shard = Sh
     executor = executor or LocalExecutor()
     done = executor.map_cases(labeller, todo, desc="pseudo labels", progress=progress,
                               lost=labeller.lost)
+    if not executor.runs_here:  # workers' logs stay on their nodes: name the failures here
+        for record in done:
+            if record["status"] == "error":
+                log.error("%s", record["error"])
     by_case = {record["case"]: record for record in done}
     journal = out_dir / f"pseudo_labels.shard-{shard.index}-of-{shard.count}.jsonl"
     with journal.open("a") as handle:

@@ -168,3 +168,18 @@ def test_cli_refuses_bad_executor_options(tmp_path, example_dataset):
             "--out", str(tmp_path), "-q"]
     assert main([*base, "--method", "nnunet"]) == 1  # no --weights
     assert main([*base, "--supports", str(example_dataset.train_dir), "--workers", "0"]) == 1
+
+
+def test_a_bad_case_on_workers_is_named_here_and_loses_nothing(tmp_path, queries, recipe, caplog):
+    broken = tmp_path / "in" / "broken" / "GED4.nii.gz"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a volume")
+    cases = [Query("broken", broken), queries[0]]
+    with caplog.at_level("ERROR", logger="sslmedsam2"):
+        records = pseudo_label(CaseLabeller(recipe, tmp_path / "out", "GED4"), cases,
+                               progress=False, executor=LocalExecutor(workers=2))
+    assert [r["status"] for r in records] == ["error", "ok"]
+    assert str(broken) in records[0]["error"]
+    assert any(str(broken) in message for message in caplog.messages)  # logged by the driver
+    assert not (tmp_path / "out" / "broken" / "GED4.nii.gz").exists()
+    assert (tmp_path / "out" / queries[0].case / "GED4.nii.gz").is_file()

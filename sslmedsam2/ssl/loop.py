@@ -363,7 +363,7 @@ class SemiSupervisedRun:
 
     def _local(self, recipe: EngineRecipe) -> Engine | None:
         """This process's engine for ``recipe`` when cases run here, built once per step."""
-        if not isinstance(self.executor, LocalExecutor) or self.executor.workers > 1:
+        if not self.executor.runs_here:
             return None
         if self._built is None or self._built[0] is not recipe:
             self._built = (recipe, recipe())
