@@ -74,9 +74,11 @@ class Executor(Protocol):
 
     def map_cases(self, worker: Callable[[Item], Result], items: Sequence[Item],
                   desc: str = "cases", progress: bool = True,
-                  lost: Callable[[Item, str], Result] | None = None) -> list[Result]:
+                  lost: Callable[[Item, str], Result] | None = None,
+                  finished: Callable[[Result], None] | None = None) -> list[Result]:
         """``worker(item)`` for every item, results in item order. ``lost(item, why)`` stands in
-        for an item whose worker died every time it ran it (default: raise)."""
+        for an item whose worker died every time it ran it (default: raise). ``finished(result)``
+        runs here as each result arrives (a journal line survives a kill of the run)."""
 
     def run_tasks(self, function: Callable[..., Result], arguments: Sequence[tuple],
                   desc: str = "tasks") -> list[Result]:
@@ -100,24 +102,24 @@ class LocalExecutor:
         self.resources = resources
         self.runs_here = self.workers == 1
 
-    def map_cases(self, worker, items, desc="cases", progress=True, lost=None):
+    def map_cases(self, worker, items, desc="cases", progress=True, lost=None, finished=None):
         bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
+        results: list[Any] = [None] * len(items)
         if self.workers == 1 or len(items) <= 1:
-            results = []
-            for item in items:
-                results.append(worker(item))
-                bar.update()
+            for index, item in enumerate(items):
+                results[index] = _arrived(worker(item), finished, bar)
             bar.close()
             return results
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(self.workers, len(items)), mp_context=context,
                 initializer=_install_worker, initargs=(worker, self.resources.threads())) as pool:
-            futures = [pool.submit(_run_installed, item) for item in items]
-            for _ in concurrent.futures.as_completed(futures):
-                bar.update()
+            futures = {pool.submit(_run_installed, item): index for index, item in enumerate(items)}
+            for future in concurrent.futures.as_completed(futures):
+                index = futures[future]
+                results[index] = _arrived(_outcome(future, items[index], lost), finished, bar)
             bar.close()
-            return [_outcome(future, item, lost) for future, item in zip(futures, items)]
+            return results
 
     def run_tasks(self, function, arguments, desc="tasks"):
         return [function(*args) for args in arguments]
@@ -128,6 +130,13 @@ class LocalExecutor:
 
 # A pool process's worker: set once by the pool's initializer, in that child process only.
 _installed: list[Callable[[Any], Any]] = []
+
+
+def _arrived(result: Any, finished: Callable[[Any], None] | None, bar: tqdm) -> Any:
+    if finished is not None:
+        finished(result)
+    bar.update()
+    return result
 
 
 def _outcome(future: concurrent.futures.Future, item: Any, lost) -> Any:
@@ -176,7 +185,6 @@ class RayExecutor:
         self.resources = resources
         self.fold_resources = fold_resources
         self.workers = workers or self._fitting_workers(resources)
-        self.actors: list[Any] = []
         log.info("ray: %s; %d worker(s) of %s", ray.cluster_resources(), self.workers, resources)
 
     def _fitting_workers(self, resources: Resources) -> int:
@@ -186,22 +194,21 @@ class RayExecutor:
             fits.append(available.get("GPU", 0) // resources.gpus)
         return max(1, int(min(fits)))
 
-    def map_cases(self, worker, items, desc="cases", progress=True, lost=None):
+    def map_cases(self, worker, items, desc="cases", progress=True, lost=None, finished=None):
         if not items:
             return []
         ray = self._ray
         actor_class = ray.remote(**self.resources.ray_options(), max_restarts=RETRIES,
                                  max_task_retries=RETRIES)(CaseActor)
-        self.actors = [actor_class.remote(worker, self.resources.threads())
-                       for _ in range(min(self.workers, len(items)))]
+        actors = [actor_class.remote(worker, self.resources.threads())
+                  for _ in range(min(self.workers, len(items)))]
         try:
-            return self._drain(items, desc, progress, lost)
+            return self._drain(actors, items, desc, progress, lost, finished)
         finally:
-            for actor in self.actors:
+            for actor in actors:
                 ray.kill(actor, no_restart=True)
-            self.actors = []
 
-    def _drain(self, items, desc, progress, lost):
+    def _drain(self, actors, items, desc, progress, lost, finished):
         """Keep every actor busy with the next item; collect results as they finish."""
         ray = self._ray
         results: list[Any] = [None] * len(items)
@@ -209,19 +216,19 @@ class RayExecutor:
         queue = list(enumerate(items))[::-1]
         bar = tqdm(total=len(items), desc=f"{desc} (ray)", unit="case", file=sys.stderr,
                    disable=not progress)
-        for actor in self.actors:
+        for actor in actors:
             index, item = queue.pop()
             pending[actor.run.remote(item)] = (index, actor)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(done[0])
             try:
-                results[index] = ray.get(done[0])
+                result = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # its worker died on every retry
                 if lost is None:
                     raise
-                results[index] = lost(items[index], f"ray worker lost ({type(exc).__name__})")
-            bar.update()
+                result = lost(items[index], f"ray worker lost ({type(exc).__name__})")
+            results[index] = _arrived(result, finished, bar)
             if queue:
                 next_index, item = queue.pop()
                 pending[actor.run.remote(item)] = (next_index, actor)

@@ -113,17 +113,17 @@ def pseudo_label(labeller: CaseLabeller, queries: list[Query], shard: Shard = Sh
     selected = shard.select(queries)
     todo = [q for q in selected if not outputs_of(out_dir, q, labeller.sequence)[0].is_file()]
     executor = executor or LocalExecutor()
-    done = executor.map_cases(labeller, todo, desc="pseudo labels", progress=progress,
-                              lost=labeller.lost)
-    if not executor.runs_here:  # workers' logs stay on their nodes: name the failures here
-        for record in done:
-            if record["status"] == "error":
-                log.error("%s", record["error"])
-    by_case = {record["case"]: record for record in done}
     journal = out_dir / f"pseudo_labels.shard-{shard.index}-of-{shard.count}.jsonl"
-    with journal.open("a") as handle:
-        for record in done:
+
+    def finished(record: dict) -> None:
+        if not executor.runs_here and record["status"] == "error":
+            log.error("%s", record["error"])  # workers' logs stay on their nodes
+        with journal.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    done = executor.map_cases(labeller, todo, desc="pseudo labels", progress=progress,
+                              lost=labeller.lost, finished=finished)
+    by_case = {record["case"]: record for record in done}
     return [by_case.get(q.case) or {"case": q.case, "sequence": labeller.sequence,
                                     "input": str(q.image), "status": "skipped", "seconds": 0.0}
             for q in selected]
