@@ -284,14 +284,25 @@ def _sam2_recipe(args: argparse.Namespace, supports):
 
     from sslmedsam2.engines.base import RuntimeOptions
     from sslmedsam2.engines.sam2 import Sam2Engine
-    from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
+    from sslmedsam2.fewshot.checkpoints import verify_checkpoint
     from sslmedsam2.fewshot.tffs import TFFSConfig
 
     if args.checkpoint is None:
         raise UsageError("--method sam2 needs --checkpoint FILE (e.g. weights/sam2/MedSAM2_latest.pt)")
     config = {"paper": TFFSConfig(), "cpu-practical": TFFSConfig.cpu_practical(), "auto": None}[args.setting]
-    return partial(Sam2Engine, supports, resolve_checkpoint(checkpoint=args.checkpoint),
+    # verified here, once, before any case: a bad file is one error line and exit 1
+    return partial(Sam2Engine, supports, verify_checkpoint(args.checkpoint),
                    RuntimeOptions(device=args.device), config)
+
+
+def run_check_weights(args: argparse.Namespace) -> int:
+    from sslmedsam2.weights_check import check_weights
+
+    report = check_weights(args.weights or default_weights_dir(), tuple(args.engines))
+    print("\n".join(report.lines()))
+    for problem in report.problems:
+        log.error("%s", problem)
+    return 1 if report.problems else 0
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -482,8 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs --checkpoint); nnunet: batch prediction with a trained "
                              "ensemble (needs --weights)")
     pseudo.add_argument("--checkpoint", type=Path, default=None,
-                        help="sam2: a local checkpoint (MedSAM2_latest.pt, sam2.1_hiera_*.pt); "
-                             "nothing is downloaded")
+                        help="sam2: a local checkpoint (MedSAM2_latest.pt, sam2.1_hiera_*.pt, or "
+                             "any SAM 2 / 2.1 file, recognised by its content and verified before "
+                             "any case); nothing is downloaded")
     pseudo.add_argument("--setting", choices=["auto", "paper", "cpu-practical"], default="auto",
                         help="sam2: paper = 10 supports x 5 insertions, all slices (GPU); "
                              "cpu-practical = an approximation (3 x 2, every 2nd support slice, "
@@ -510,6 +522,21 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pseudo.add_argument("-v", "--verbose", action="store_true")
     pseudo.set_defaults(func=run_pseudo_label)
+
+    check = commands.add_parser(
+        "check-weights", help="what every model file of a weights folder is, and what it serves",
+        description="Check a weights folder without loading a model: the manifest's checksums, "
+                    "each SAM2 checkpoint by its content (official by sha256, else by its "
+                    "tensors), each nnU-Net model folder (plans, dataset.json, fold checkpoints), "
+                    "the supports' headers; then, per sequence, which engine would serve it. "
+                    "Exit code 1 when anything is broken or GED4 would not be served.")
+    check.add_argument("weights", type=Path, nargs="?", default=None,
+                       help="the weights folder (default: as process.py finds it)")
+    check.add_argument("--engines", type=lambda t: tuple(t.split(",")),
+                       default=("nnunet", "sam2", "atlas"),
+                       help="engines in process.py's order (default nnunet,sam2,atlas)")
+    check.add_argument("-v", "--verbose", action="store_true")
+    check.set_defaults(func=run_check_weights)
 
     montage = commands.add_parser("montage", help="PNG of axial slices with mask contours")
     montage.add_argument("--image", type=Path, required=True)

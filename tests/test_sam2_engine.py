@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import SimpleITK as sitk
 import torch
 
 from sslmedsam2.engines import RuntimeOptions
 from sslmedsam2.engines.sam2 import Sam2Engine, torch_threads
+from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
 from sslmedsam2.fewshot.tffs import TFFSConfig
 from sslmedsam2.supports import find_supports
@@ -35,6 +37,7 @@ def test_segments_on_the_query_grid(example_dataset):
     assert segmentation.mask.shape == query.GetSize()[::-1]
     assert segmentation.uncertainty.shape == query.GetSize()[::-1]
     assert "sam2 tiny supports=" in segmentation.detail
+    assert segmentation.detail.endswith("checkpoint=none (random weights)")
 
 
 def test_thread_count_is_scoped():
@@ -52,17 +55,28 @@ def test_steps_aside_without_checkpoint(tmp_path, example_dataset):
     assert f"{tmp_path}/sam2/" in engine.missing("GED4") and "MedSAM2_latest.pt" in engine.missing("GED4")
 
 
-def test_corrupt_checkpoint_is_a_clear_case_error(tmp_path, example_dataset):
+def test_broken_checkpoint_is_verified_once_and_never_skipped(tmp_path, example_dataset, caplog):
     weights = tmp_path / "weights"
     for support in find_supports(example_dataset.train_dir)[:1]:
         shutil.copytree(support.image.parent, weights / "supports" / support.case)
     (weights / "sam2").mkdir()
-    (weights / "sam2" / "MedSAM2_latest.pt").write_bytes(b"not a checkpoint")
+    checkpoint = weights / "sam2" / "MedSAM2_latest.pt"
+    checkpoint.write_bytes(b"PK\x03\x04" + bytes(4000))  # the start of a zip, cut off
+    engine = Sam2Engine.from_weights(weights, RuntimeOptions())
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said == [f"{checkpoint}: truncated or not a checkpoint: 4,004 bytes, expected "
+                    "156,040,129 for MedSAM2_latest.pt (an interrupted download or copy?); copy "
+                    "the file again"]
+    assert engine.can_segment("T1")  # claims its sequences: no silent fall back to the atlas
+    for _ in range(2):
+        with pytest.raises(WeightsError) as caught:
+            engine.load("T1")
+        assert str(caught.value) == said[0]
     out = tmp_path / "out"
     result = run_process("--input", example_dataset.test_input_dir, "--output", out,
                          "--weights", weights)
     assert result.returncode == 1
-    assert "MedSAM2_latest.pt" in result.stderr and "Traceback" not in result.stderr
+    assert "MedSAM2_latest.pt: truncated" in result.stderr and "Traceback" not in result.stderr
     assert {c["status"] for c in summary(out)["cases"]} == {"error"}
 
 

@@ -1,8 +1,9 @@
 """SAM2 few-shot engine (TFFS-MedSAM2): labelled supports as SAM2 memory, no training.
 
-Needs a SAM2 checkpoint in ``<weights>/sam2/`` (MedSAM2_latest.pt, or an official
-sam2.1_hiera_*.pt) and supports in ``<weights>/supports/``. On a GPU it runs the paper's setting;
-on a CPU, where that setting costs hours per volume, :meth:`TFFSConfig.cpu_practical` (an
+Needs a SAM2 checkpoint in ``<weights>/sam2/`` (MedSAM2_latest.pt, an official
+sam2.1_hiera_*.pt, or any SAM 2 / 2.1 file, recognised by its content; verified when the engine
+is made, before any case) and supports in ``<weights>/supports/``. On a GPU it runs the paper's
+setting; on a CPU, where that setting costs hours per volume, :meth:`TFFSConfig.cpu_practical` (an
 approximation, not quality-checked without real weights) unless a config is given, with
 ``CPU_THREADS`` torch threads unless ``RuntimeOptions.threads`` says otherwise.
 """
@@ -20,7 +21,12 @@ import torch
 from sslmedsam2.budget import FewShotCosts, FewShotPlan, plan_fewshot
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
-from sslmedsam2.fewshot.checkpoints import CHECKPOINTS, ResolvedCheckpoint, build_predictor, resolve_checkpoint
+from sslmedsam2.fewshot.checkpoints import (
+    ResolvedCheckpoint,
+    build_predictor,
+    checkpoint_files,
+    verify_checkpoint,
+)
 from sslmedsam2.fewshot.costs import measure_costs, query_slices
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
 from sslmedsam2.runtime import device_precision, resolve_device
@@ -51,15 +57,21 @@ def torch_threads(count: int | None) -> Iterator[None]:
 
 
 class Sam2Engine:
-    """One SAM2 predictor, and one prepared-support segmenter per support set (vendor)."""
+    """One SAM2 predictor, and one prepared-support segmenter per support set (vendor).
+
+    ``broken`` is the verification error of a checkpoint that is present but unusable: the
+    engine then claims the sequences it would serve and fails them with that error, so a bad
+    file is never silently replaced by the next engine."""
 
     name = "sam2"
 
     def __init__(self, supports: list[Support], checkpoint: ResolvedCheckpoint | None,
                  options: RuntimeOptions = RuntimeOptions(), config: TFFSConfig | None = None,
-                 weights_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> None:
+                 weights_dir: Path | None = None, hydra_overrides: list[str] | None = None,
+                 broken: WeightsError | None = None) -> None:
         self.supports = supports
         self.checkpoint = checkpoint
+        self.broken = broken
         self.options = options
         self.config = config
         self.weights_dir = weights_dir
@@ -71,23 +83,31 @@ class Sam2Engine:
 
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "Sam2Engine":
-        try:
-            checkpoint = resolve_checkpoint(weights_dir)
-        except WeightsError:
-            checkpoint = None  # no checkpoint: this engine steps aside for the next one
+        """The engine of a weights folder, its checkpoint verified now (once per run). Without
+        a checkpoint file it steps aside for the next engine; a broken one is logged here."""
+        files = checkpoint_files(weights_dir)
+        checkpoint, broken = None, None
+        if files:
+            try:
+                checkpoint = verify_checkpoint(files[0])
+            except WeightsError as error:
+                log.error("%s", error)
+                broken = error
         return cls(find_supports(Path(weights_dir) / "supports"), checkpoint, options,
-                   weights_dir=Path(weights_dir))
+                   weights_dir=Path(weights_dir), broken=broken)
 
     def can_segment(self, sequence: str) -> bool:
-        return bool(self.supports) and self.checkpoint is not None
+        return bool(self.supports) and (self.checkpoint is not None or self.broken is not None)
 
     def missing(self, sequence: str) -> str:
         where = self.weights_dir or Path("<weights>")
-        names = ", ".join(spec.filename for spec in CHECKPOINTS.values())
-        return (f"a SAM2 checkpoint in {where}/sam2/ (one of {names}) and support cases in "
+        return (f"a SAM2 checkpoint in {where}/sam2/ (MedSAM2_latest.pt, sam2.1_hiera_*.pt or "
+                f"any SAM 2 / 2.1 file) and support cases in "
                 f"{where}/supports/<case>/GED4.nii.gz with mask_GED4.nii.gz")
 
     def load(self, sequence: str) -> None:
+        if self.broken is not None:  # a fresh exception each time: tracebacks do not pile up
+            raise WeightsError(str(self.broken))
         if self._predictor is not None:
             return
         device = resolve_device(self.options.device)
@@ -101,8 +121,13 @@ class Sam2Engine:
                             "%s-th support slice), an approximation of the paper's GPU setting",
                             self.config.max_supports, self.config.insertions,
                             self.config.support_stride)
-        self._predictor = build_predictor(self.checkpoint, device, self.hydra_overrides)
-        log.info("sam2 %s on %s in %s", self.checkpoint.spec.name, device, device_precision(device))
+        try:
+            self._predictor = build_predictor(self.checkpoint, device, self.hydra_overrides)
+        except WeightsError as error:  # the same line for every later case, without retrying
+            self.broken = error
+            raise
+        log.info("sam2 %s on %s in %s (%s)", self.checkpoint.spec.name, device,
+                 device_precision(device), self.checkpoint.describe())
         if self.options.time_budget is not None:
             self._time_costs()
 
@@ -138,10 +163,16 @@ class Sam2Engine:
             detail += f" est={plan.estimate_s:.0f}s"
         if plan.degraded:
             detail += " [time budget: " + "; ".join(plan.degraded[1:]) + "]"
+        detail += f" checkpoint={self._checkpoint_text()}"
         return Segmentation(
             mask=result.mask, uncertainty=result.uncertainty,
             device=str(self._predictor.device), precision=device_precision(self._predictor.device),
             detail=detail)
+
+    def _checkpoint_text(self) -> str:
+        """What served the case, for its record: ``MedSAM2_latest.pt, official, sha256 ok``."""
+        identity = self.checkpoint.identity
+        return identity.short() if identity is not None else "none (random weights)"
 
     def _segmenter(self, vendor: str | None) -> tuple[tuple[str, ...], TFFSSegmenter]:
         """The prepared supports for ``vendor`` (its own first), made at first use."""

@@ -10,6 +10,10 @@ Modules, one job each:
   propagation.
 - ``cache``: the byte-bounded least-recently-used store that keeps support caches across queries.
 - ``tffs``: the per-query algorithm and its configuration.
-- ``checkpoints``: local SAM2 / MedSAM2 checkpoints, never downloaded.
+- ``checkpoints``: local SAM2 / MedSAM2 checkpoints found, verified and loaded, never downloaded.
+- ``identity``: what a checkpoint file holds, by content: official bytes (sha256) or its tensors.
+- ``known_checkpoints``: the models sam2 builds and the official files' sizes and sha256 (data).
+- ``checkpoint_file``: a checkpoint's container checked before unpickling (missing, cut off...).
+- ``architectures``: tensor layouts of sam2's configs, and how a file's layout differs from them.
 - ``costs``: seconds per encoded and per tracked slice on this device, for the time budget.
 """

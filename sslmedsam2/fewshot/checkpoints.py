@@ -1,8 +1,11 @@
-"""Local SAM2 / MedSAM2 checkpoints under ``<weights>/sam2/``: resolved, checked, never downloaded.
+"""Local SAM2 / MedSAM2 checkpoints under ``<weights>/sam2/`` (or given as a file): found,
+verified once by content before any case, never downloaded.
 
-sam2's own loader raises an empty ``RuntimeError`` on a mismatched file and its ``*_hf`` builders
-download; here every failure is a one-line ``WeightsError`` naming the file and the fix, and a
-randomly initialised model (for tests and benchmarks of mechanics only) needs ``allow_random=True``.
+A file is accepted for what it holds, not for its name (``fewshot.identity``): an official file
+by its sha256, any other (a user's ``medsam2.pt``, a fine-tune) by its tensors. sam2's own loader
+raises an empty ``RuntimeError`` on a mismatched file and its ``*_hf`` builders download; here
+every failure is a one-line ``WeightsError`` naming the file and the fix, and a randomly
+initialised model (for tests and benchmarks of mechanics only) needs ``allow_random=True``.
 """
 
 from __future__ import annotations
@@ -14,56 +17,45 @@ from pathlib import Path
 import torch
 
 from sslmedsam2.errors import UsageError, WeightsError
+from sslmedsam2.fewshot.checkpoint_file import check_archive, first_line, read_payload
+from sslmedsam2.fewshot.identity import CheckpointIdentity, identify_checkpoint, weights_of
+from sslmedsam2.fewshot.known_checkpoints import SPECS, CheckpointSpec
 
 log = logging.getLogger(__name__)
 
 SAM2_SUBDIR = "sam2"
 
+#: Every model by name, in the order a folder's files are preferred (MedSAM2 first, the model
+#: the paper used; then SAM 2.1, then SAM 2).
+CHECKPOINTS: dict[str, CheckpointSpec] = {spec.name: spec for spec in SPECS}
 
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """A known checkpoint: its file name, sam2 config name and the image size it was trained at."""
-
-    name: str
-    filename: str
-    config: str
-    image_size: int
-
-    @property
-    def hydra_overrides(self) -> list[str]:
-        """Overrides for ``build_sam2_video_predictor``: only a non-default image size needs one."""
-        return [] if self.image_size == 1024 else [f"++model.image_size={self.image_size}"]
+#: Files of ``<weights>/sam2/`` that are documentation or configs, never checkpoints.
+_NOT_CHECKPOINTS = (".md", ".txt", ".json", ".yaml", ".yml", ".sha256")
+_DOC_NAMES = ("readme", "notice", "license")
 
 
-# Preference order when a folder holds several: MedSAM2 first, the model the paper used.
-CHECKPOINTS: dict[str, CheckpointSpec] = {
-    spec.name: spec
-    for spec in (
-        CheckpointSpec("medsam2", "MedSAM2_latest.pt", "configs/sam2.1/sam2.1_hiera_t.yaml", 512),
-        CheckpointSpec("tiny", "sam2.1_hiera_tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml", 1024),
-        CheckpointSpec(
-            "small", "sam2.1_hiera_small.pt", "configs/sam2.1/sam2.1_hiera_s.yaml", 1024
-        ),
-        CheckpointSpec(
-            "base_plus", "sam2.1_hiera_base_plus.pt", "configs/sam2.1/sam2.1_hiera_b+.yaml", 1024
-        ),
-        CheckpointSpec(
-            "large", "sam2.1_hiera_large.pt", "configs/sam2.1/sam2.1_hiera_l.yaml", 1024
-        ),
-    )
-}
+class CheckpointNotFound(WeightsError):
+    """No checkpoint file at all (as opposed to a file that is broken): engines step aside."""
 
 
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
-    """A spec and the file that holds it (None only for an allowed random model)."""
+    """A spec and the file that holds it (None only for an allowed random model), with what the
+    verification found (None for a random model)."""
 
     spec: CheckpointSpec
     path: Path | None
+    identity: CheckpointIdentity | None = None
+
+    def describe(self) -> str:
+        if self.identity is not None:
+            return self.identity.describe()
+        return f"no file: RANDOM {self.spec.title} (mechanics only)"
 
 
 def spec_named(name: str) -> CheckpointSpec:
-    """The spec for a checkpoint name (``tiny`` ... ``medsam2``); UsageError listing the names."""
+    """The spec for a model name (``medsam2``, ``tiny`` ... ``sam2_large``); UsageError listing
+    the names."""
     try:
         return CHECKPOINTS[name.lower()]
     except KeyError:
@@ -72,17 +64,28 @@ def spec_named(name: str) -> CheckpointSpec:
         ) from None
 
 
-def spec_for_file(path: Path | str) -> CheckpointSpec:
-    """Infer the spec from a checkpoint's file name (the official names and MedSAM2's)."""
-    filename = Path(path).name
-    for spec in CHECKPOINTS.values():
-        if filename.lower() == spec.filename.lower():
-            return spec
-    known = ", ".join(spec.filename for spec in CHECKPOINTS.values())
-    raise WeightsError(
-        f"{path}: cannot tell which SAM2 model this is from its name; rename it to one of {known} "
-        "or pass the model name"
-    )
+def checkpoint_files(weights_dir: Path | str) -> list[Path]:
+    """The candidate checkpoints of ``<weights_dir>/sam2/``: official names first (in
+    ``CHECKPOINTS`` order), then every other file but documentation, hidden files and configs."""
+    folder = Path(weights_dir) / SAM2_SUBDIR
+    if not folder.is_dir():
+        return []
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and _may_be_checkpoint(p)]
+    order = {spec.filename.lower(): index for index, spec in enumerate(SPECS)}
+    return sorted(files, key=lambda p: order.get(p.name.lower(), len(order)))
+
+
+def _may_be_checkpoint(path: Path) -> bool:
+    name = path.name.lower()
+    return not (name.startswith(".") or name.startswith(_DOC_NAMES)
+                or name.endswith(_NOT_CHECKPOINTS))
+
+
+def verify_checkpoint(path: Path | str, name: str | None = None) -> ResolvedCheckpoint:
+    """Identify ``path`` by its content (see ``fewshot.identity``) and log what it is, once."""
+    identity = identify_checkpoint(path, name)
+    log.info("SAM2 checkpoint %s", identity.describe())
+    return ResolvedCheckpoint(identity.spec, identity.path, identity)
 
 
 def resolve_checkpoint(
@@ -91,53 +94,38 @@ def resolve_checkpoint(
     checkpoint: Path | str | None = None,
     allow_random: bool = False,
 ) -> ResolvedCheckpoint:
-    """Find the checkpoint to use.
+    """Find and verify the checkpoint to use.
 
-    ``checkpoint`` (a file) wins; otherwise ``name`` picks the file in ``<weights_dir>/sam2/``;
-    otherwise the first known file found there (MedSAM2 first). Missing files raise WeightsError,
-    unless ``allow_random`` (then the spec of ``name``, default tiny, with no file).
+    ``checkpoint`` (a file) wins; otherwise the first of ``checkpoint_files(weights_dir)``
+    (with ``name``: the file of that official name if present). ``name`` also asserts the model
+    the file must hold. No file raises CheckpointNotFound, unless ``allow_random`` (then the
+    spec of ``name``, default tiny, with no file); a broken file raises WeightsError.
     """
+    spec = spec_named(name) if name else None
     if checkpoint is not None:
-        path = Path(checkpoint)
-        spec = spec_named(name) if name else spec_for_file(path)
-        return ResolvedCheckpoint(spec, _existing(path, spec))
-    folder = Path(weights_dir) / SAM2_SUBDIR if weights_dir is not None else None
-    specs = [spec_named(name)] if name else list(CHECKPOINTS.values())
-    for spec in specs:
-        if folder is not None and (folder / spec.filename).is_file():
-            return ResolvedCheckpoint(spec, folder / spec.filename)
+        return verify_checkpoint(checkpoint, name)
+    files = checkpoint_files(weights_dir) if weights_dir is not None else []
+    if spec is not None:
+        files = sorted(files, key=lambda p: p.name.lower() != spec.filename.lower())
+    if files:
+        return verify_checkpoint(files[0], name)
     if allow_random:
-        spec = specs[0] if name else CHECKPOINTS["tiny"]
+        spec = spec or CHECKPOINTS["tiny"]
         log.warning(
             "no SAM2 checkpoint; using a RANDOMLY INITIALISED %s model (mechanics only)", spec.name
         )
         return ResolvedCheckpoint(spec, None)
-    wanted = specs[0].filename if name else " or ".join(s.filename for s in specs)
-    raise WeightsError(
-        f"{folder}: no SAM2 checkpoint {wanted}; copy the file there (it is never downloaded)"
+    folder = Path(weights_dir) / SAM2_SUBDIR if weights_dir is not None else Path(SAM2_SUBDIR)
+    wanted = spec.filename if spec else "MedSAM2_latest.pt, sam2.1_hiera_*.pt or another SAM2 file"
+    raise CheckpointNotFound(
+        f"{folder}: no SAM2 checkpoint ({wanted}); copy the file there (it is never downloaded)"
     )
 
 
-def _existing(path: Path, spec: CheckpointSpec) -> Path:
-    if not path.is_file():
-        raise WeightsError(f"{path}: SAM2 checkpoint not found; copy {spec.filename} there")
-    return path
-
-
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The ``model`` weights of a SAM2 checkpoint file, or WeightsError saying why not."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated/corrupt files
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise WeightsError(
-            f"{path}: unreadable or corrupt SAM2 checkpoint ({reason}); copy the file again"
-        ) from error
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise WeightsError(
-            f"{path}: not a SAM2 checkpoint (no 'model' weights); copy the right file"
-        )
-    return payload["model"]
+    """The weights of a SAM2 checkpoint file, or WeightsError saying why not."""
+    path = Path(path)
+    return weights_of(read_payload(check_archive(path)), path)
 
 
 def build_predictor(
@@ -175,8 +163,9 @@ def _load_strict(
         if result.missing_keys or result.unexpected_keys:
             missing, unexpected = len(result.missing_keys), len(result.unexpected_keys)
             problem = f"{missing} missing, {unexpected} unexpected tensors"
-    except RuntimeError as error:  # shape mismatches
-        problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+    except RuntimeError as error:  # shape mismatches: the first one is the useful line
+        lines = [x.strip() for x in str(error).splitlines()[1:] if x.strip()]
+        problem = first_line(lines[0] if lines else error)
     if problem:
         raise WeightsError(
             f"{path}: weights do not fit the {spec.name} model ({spec.config}: {problem}); "
