@@ -1,8 +1,14 @@
 """Registration-based label propagation: the weight-free few-shot pseudo-labeller.
 
-Each support GED4 image is registered to the query with SimpleITK (mutual information, so the
-query may be another sequence on another grid): a moments-centred affine stage, then optionally a
-B-spline stage. The support masks are carried onto the query grid with linear interpolation, averaged into a
+Each support image is registered to the query (mutual information, so the query may be another
+sequence on another grid), by one of two methods:
+
+* ``syn`` (default): ANTs' rigid + affine + SyN (:mod:`sslmedsam2.registration.syn`); what holds
+  across real patients, whose livers differ in shape.
+* ``affine``: SimpleITK, a moments-centred affine stage, then optionally a B-spline stage; fast,
+  and enough where the anatomy differs little.
+
+The support masks are carried onto the query grid with linear interpolation, averaged into a
 vote fraction, thresholded at 0.5 (majority vote), and the largest component is kept. The vote
 disagreement (binary entropy of the fraction) is the uncertainty map.
 """
@@ -18,6 +24,7 @@ import SimpleITK as sitk
 
 from sslmedsam2.io import itk_reason
 from sslmedsam2.postprocess import binary_entropy, largest_component
+from sslmedsam2.registration.syn import SynConfig, warp_support_mask
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +33,15 @@ class RegistrationError(RuntimeError):
     """No support could be aligned with a query."""
 
 
+METHODS = ("syn", "affine")
+
+
 @dataclass(frozen=True)
 class AtlasConfig:
-    """Registration effort. Defaults suit CARE-like abdominal MRI at a few mm resolution."""
+    """Registration method and effort. Defaults suit abdominal MRI at a few mm resolution."""
 
+    method: str = "syn"
+    syn: SynConfig = SynConfig()
     affine_iterations: int = 200
     #: The B-spline stage costs 30-80 s per support on 2 cores and did not raise Dice on the
     #: example data (0.943 affine vs 0.936 with it, see benchmarks/RESULTS.md): opt-in.
@@ -125,30 +137,51 @@ def _register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig,
     return sitk.CompositeTransform([affine_transform, bspline])
 
 
+def _warped_mask(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image,
+                 config: AtlasConfig) -> np.ndarray:
+    """One support's mask on the query grid (soft, z-y-x) by the configured method."""
+    if config.method == "syn":
+        return warp_support_mask(query, fixed, moving, mask, config.syn)
+    transform = register(fixed, moving, config)
+    return sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), query,
+                                                transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+
 def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
               config: AtlasConfig = AtlasConfig()) -> FusedLabel:
     """Register every (image, mask) support to ``query``; fuse the warped masks by majority vote."""
     if not supports:
         raise ValueError("atlas propagation needs at least one support")
+    warped = [w for w in warp_supports(query, supports, config) if w is not None]
+    if not warped:
+        raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
+                                "this volume (no overlap after alignment)")
+    return fuse(warped, config.threshold)
+
+
+def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
+                  config: AtlasConfig) -> list[np.ndarray | None]:
+    """Each support's mask on the query grid (soft, z-y-x); None where registration failed."""
+    if config.method not in METHODS:
+        raise ValueError(f"atlas method {config.method!r}: choose from {', '.join(METHODS)}")
     fixed = _working_image(query, config.working_spacing_mm)
-    votes = np.zeros(query.GetSize()[::-1], np.float32)
-    used = 0
+    warped: list[np.ndarray | None] = []
     for index, (image, mask) in enumerate(supports, start=1):
         started = time.perf_counter()
         try:
-            transform = register(fixed, _working_image(image, config.working_spacing_mm), config)
+            warped.append(_warped_mask(query, fixed, _working_image(image, config.working_spacing_mm),
+                                       mask, config))
         except RuntimeError as exc:  # one support that cannot be aligned must not sink the query
             log.warning("support %d/%d could not be registered (%s); left out of the vote", index,
                         len(supports), itk_reason(str(exc)))
+            warped.append(None)
             continue
-        warped = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), query, transform,
-                               sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        votes += sitk.GetArrayFromImage(warped)
-        used += 1
         log.debug("support %d/%d registered in %.1f s", index, len(supports), time.perf_counter() - started)
-    if used == 0:
-        raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
-                                "this volume (no overlap after alignment)")
-    probability = votes / used
-    mask = largest_component(probability >= config.threshold)
+    return warped
+
+
+def fuse(warped: list[np.ndarray], threshold: float = 0.5) -> FusedLabel:
+    """Majority vote of soft warped masks; the largest component; vote entropy as uncertainty."""
+    probability = np.mean(warped, axis=0, dtype=np.float32)
+    mask = largest_component(probability >= threshold)
     return FusedLabel(mask=mask, probability=probability, uncertainty=binary_entropy(probability))

@@ -80,9 +80,10 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--sequences", type=_sequence_list, default=None,
                       help="CARE: comma-separated sequences to segment besides GED4 (each must have "
                            "a model). Default: GED4 plus every sequence a model exists for")
-    what.add_argument("--sequence", type=_sequence_list, default=("GED4",), dest="default_sequence",
+    what.add_argument("--sequence", type=_sequence_list, default=None, dest="default_sequence",
                       help="sequence of Grand Challenge / plain inputs, which do not name it "
-                           "(selects the model). Default: GED4")
+                           "(selects the model). Default: the weights' only sequence when they "
+                           "were trained on one (e.g. a plain collection's T2), else GED4")
     what.add_argument("--gc-input-slug", default=None,
                       help="Grand Challenge image socket to read. Default: the only image socket")
     what.add_argument("--gc-output-slug", default="liver-segmentation",
@@ -132,7 +133,8 @@ def infer_settings(args: argparse.Namespace):
         runtime=RuntimeOptions(device=args.device, tta=tta, folds=args.folds,
                                configuration=args.configuration, threads=args.threads,
                                time_budget=args.time_budget or None),
-        sequences=args.sequences, default_sequence=args.default_sequence[0],
+        sequences=args.sequences,
+        default_sequence=args.default_sequence[0] if args.default_sequence else None,
         slugs=GrandChallengeSlugs(input_slug=args.gc_input_slug, output_slug=args.gc_output_slug),
         largest_component=not args.all_components)
 
@@ -180,6 +182,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (
         ("data.train", args.data and str(args.data.resolve())),
         ("data.sequences", args.sequences and list(args.sequences)),
+        ("data.layout", args.layout),
         ("pseudo_labels.engine", args.engine), *schedule_overrides(args)) if value is not None}
     if args.config is not None:
         config = load_config(args.config, overrides)
@@ -420,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="the semi-supervised loop: few-shot pseudo labels, then nnU-Net rounds",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="SSL-MedSAM2's FSL-nnUNet branch on a CARE training folder: round 0 pseudo "
+        description="SSL-MedSAM2's FSL-nnUNet branch on a labelled collection (a CARE training "
+                    "root, nnU-Net's imagesTr/ + labelsTr/, images/ + masks/ matched by name, or "
+                    "one folder of <case>_image + <case>_liver files; cases with a mask are the "
+                    "labelled ones, checked before anything trains): round 0 pseudo "
                     "labels for the unlabelled cases (atlas or SAM2 few-shot), then nnU-Net trained "
                     "on labelled + pseudo labels, whose predictions become the next round's pseudo "
                     "labels until they stop changing; the final model is exported to --weights "
@@ -428,16 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every choice is in the config file (sslmedsam2 train --print-config > ssl.toml). "
                     "Resumable: run the same command again after an interruption and it continues "
                     "from the last finished step.",
-        epilog="example: sslmedsam2 train --config ssl.toml --run runs/ssl")
+        epilog="examples:\n  sslmedsam2 train --config ssl.toml --run runs/ssl\n"
+               "  sslmedsam2 train --data my_livers/ --sequences T2 --run runs/t2   "
+               "(a plain collection)")
     train.add_argument("--config", type=Path, default=None,
                        help="TOML config (default: the template's defaults; --data is then needed)")
     train.add_argument("--run", type=Path, default=Path("runs/ssl"),
                        help="run folder: state, rounds, report (default runs/ssl)")
     train.add_argument("--weights", type=Path, default=None,
                        help="where to export the final weights (default <run>/weights)")
-    train.add_argument("--data", type=Path, default=None, help="override [data] train")
+    train.add_argument("--data", type=Path, default=None,
+                       help="override [data] train: a CARE root or any labelled collection")
+    train.add_argument("--layout", choices=["auto", "care", "nnunet", "folders", "flat"],
+                       default=None, help="override [data] layout (default auto: told by names)")
     train.add_argument("--sequences", type=_sequence_list, default=None,
-                       help="override [data] sequences, e.g. GED4,T1")
+                       help="override [data] sequences: CARE names, e.g. GED4,T1, or the one name "
+                            "of a plain collection's sequence, e.g. T2 (names the models)")
     train.add_argument("--engine", choices=["atlas", "sam2", "none"], default=None,
                        help="override [pseudo_labels] engine (none: labelled-only nnU-Net)")
     add_schedule_overrides(train)

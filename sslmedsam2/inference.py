@@ -14,7 +14,7 @@ import logging
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
@@ -44,8 +44,10 @@ class InferenceSettings:
     runtime: RuntimeOptions = RuntimeOptions()
     #: CARE sequences to segment besides GED4; None = every sequence an engine can serve.
     sequences: tuple[str, ...] | None = None
-    #: Sequence assumed for Grand Challenge and plain inputs, which do not name one.
-    default_sequence: str = GED4
+    #: Sequence assumed for Grand Challenge and plain inputs, which do not name one; None: the
+    #: weights' only sequence when their manifest has one (a model trained on a plain
+    #: collection's "T2" serves plain T2 inputs), else GED4.
+    default_sequence: str | None = None
     slugs: GrandChallengeSlugs = GrandChallengeSlugs()
     #: Keep only the largest connected component of each mask.
     largest_component: bool = True
@@ -128,6 +130,7 @@ def _run_all(settings: InferenceSettings) -> RunSummary:
         return RunSummary(layout=plan.name, fatal=str(exc))
     threads = configure_threads(settings.runtime.threads)
     orientation = manifest.get("orientation", CANONICAL)
+    settings = replace(settings, default_sequence=settings.default_sequence or sole_sequence(manifest))
     log.info("layout %s: %d volume(s) in %s; %d thread(s); models see volumes in %s orientation",
              plan.name, len(plan.jobs), settings.input_path, threads, orientation)
     summary = RunSummary(layout=plan.name)
@@ -143,6 +146,12 @@ def _run_all(settings: InferenceSettings) -> RunSummary:
     counts = summary.counts()
     log.info("done: %d ok, %d error(s), %d skipped", counts["ok"], counts["error"], counts["skipped"])
     return summary
+
+
+def sole_sequence(manifest: dict) -> str:
+    """The sequence of weights trained on one sequence only; GED4 otherwise (CARE's)."""
+    sequences = list(manifest.get("models", {}))
+    return sequences[0] if len(sequences) == 1 else GED4
 
 
 def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings, orientation: str,

@@ -26,17 +26,20 @@ class Support:
     vendor: str | None = None
 
 
-def find_supports(root: Path, sequence: str = GED4) -> list[Support]:
-    """Every case under ``root`` (one or two levels down) with ``<SEQ>`` and ``mask_<SEQ>``."""
+def find_supports(root: Path, sequence: str | None = GED4) -> list[Support]:
+    """Every case under ``root`` (one or two levels down) with ``<SEQ>`` and ``mask_<SEQ>``;
+    ``sequence=None`` takes any sequence (an exported weights folder holds one)."""
     root = Path(root)
     if not root.is_dir():
         return []
     supports = []
-    for mask in sorted(root.glob(f"*/mask_{sequence}.*")) + sorted(root.glob(f"*/*/mask_{sequence}.*")):
-        if volume_suffix(mask) is None or volume_stem(mask) != f"mask_{sequence}":
+    pattern = f"mask_{sequence or '*'}.*"
+    for mask in sorted(root.glob(f"*/{pattern}")) + sorted(root.glob(f"*/*/{pattern}")):
+        name = volume_stem(mask).removeprefix("mask_")
+        if volume_suffix(mask) is None or name != (sequence or name):
             continue
         image = next((p for p in sorted(mask.parent.iterdir())
-                      if volume_suffix(p) and volume_stem(p) == sequence), None)
+                      if volume_suffix(p) and volume_stem(p) == name), None)
         if image is None:
             continue
         vendor = mask.parent.parent.name if mask.parent.parent != root else None

@@ -35,7 +35,7 @@ class AtlasEngine:
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "AtlasEngine":
         folder = Path(weights_dir) / SUPPORTS_DIR
-        return cls(find_supports(folder), origin=str(folder))
+        return cls(find_supports(folder, sequence=None), origin=str(folder))
 
     def can_segment(self, sequence: str) -> bool:
         return bool(self.supports)

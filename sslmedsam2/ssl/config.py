@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sslmedsam2.errors import UsageError
-from sslmedsam2.sequences import CARE_SEQUENCES, GED4
+from sslmedsam2.atlas import METHODS as ATLAS_METHODS
+from sslmedsam2.datasets import LAYOUTS
+from sslmedsam2.sequences import CARE_SEQUENCES, GED4, valid_sequence_name
 from sslmedsam2.training import PROFILES, TrainingProfile
 
 ENGINES = ("atlas", "sam2", "none")
@@ -21,13 +23,20 @@ ENGINES = ("atlas", "sam2", "none")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the cases are. ``train``: CARE training root (``Vendor_X/<case>/<SEQ>.nii.gz``, GED4
-    masks as ``mask_GED4.nii.gz`` for the labelled cases). ``holdout_images`` / ``holdout_labels``:
-    an optional labelled split (CARE input layout and ``mask_<SEQ>`` ground truth) scored after
-    every round and never trained on."""
+    """Where the cases are. ``train``: a collection in any layout of
+    :mod:`sslmedsam2.datasets` (``layout = "auto"`` tells them apart by name): a CARE root
+    (``Vendor_X/<case>/<SEQ>.nii.gz``, masks ``mask_<SEQ>``), nnU-Net raw (imagesTr/labelsTr),
+    images/ + masks/, or one folder of ``<case>_image`` + ``<case>_liver`` files. Cases with a mask
+    are the labelled ones. ``sequences``: CARE sequence names, or for any other layout the one name
+    the collection's sequence gets (models and reports are named after it). ``labelled_sequence``:
+    CARE's sequence whose masks are the supports of every sequence. ``holdout_images`` /
+    ``holdout_labels``: an optional labelled split scored after every round and never trained on
+    (a non-CARE holdout collection carries its own masks: ``holdout_labels`` is then optional)."""
 
     train: Path
     sequences: tuple[str, ...] = (GED4,)
+    layout: str = "auto"
+    labelled_sequence: str = GED4
     holdout_images: Path | None = None
     holdout_labels: Path | None = None
 
@@ -37,7 +46,8 @@ class PseudoLabelConfig:
     """Round 0 and the filtering of every round's pseudo labels before training.
 
     ``engine``: atlas (weight-free registration), sam2 (TFFS-MedSAM2, needs ``checkpoint``) or none
-    (train on the labelled cases only: the supervised baseline). ``same_vendor_supports``: a query
+    (train on the labelled cases only: the supervised baseline). ``atlas_method``: syn (ANTs'
+    deformable registration, what holds across real patients) or affine (SimpleITK, fast). ``same_vendor_supports``: a query
     is labelled from the supports of its own vendor when there are any (the paper); False uses
     every support (better fusion when each vendor has only one or two). ``ignore_uncertainty_above``:
     voxels whose binary entropy (bits, 0..1) exceeds it become nnU-Net's ``ignore`` label (None:
@@ -46,6 +56,7 @@ class PseudoLabelConfig:
     """
 
     engine: str = "atlas"
+    atlas_method: str = "syn"
     checkpoint: Path | None = None
     setting: str = "auto"
     max_supports: int | None = None
@@ -138,18 +149,17 @@ class SSLConfig:
 def check_config(config: SSLConfig) -> None:
     """One clear message per bad value, before any work starts."""
     problems = []
-    unknown = [s for s in config.data.sequences if s not in CARE_SEQUENCES]
-    if unknown or not config.data.sequences:
-        problems.append(f"data.sequences: {list(config.data.sequences)} (choose from {list(CARE_SEQUENCES)})")
-    if (config.data.holdout_images is None) != (config.data.holdout_labels is None):
-        problems.append("data.holdout_images and data.holdout_labels go together")
+    problems += _data_problems(config.data)
     labels = config.pseudo_labels
     if labels.engine not in ENGINES:
         problems.append(f"pseudo_labels.engine: {labels.engine!r} (choose from {', '.join(ENGINES)})")
+    if labels.atlas_method not in ATLAS_METHODS:
+        problems.append(f"pseudo_labels.atlas_method: {labels.atlas_method!r} (choose from "
+                        f"{', '.join(ATLAS_METHODS)})")
     if labels.engine == "sam2" and labels.checkpoint is None:
         problems.append("pseudo_labels.engine = 'sam2' needs pseudo_labels.checkpoint")
-    if labels.engine == "none" and any(s != GED4 for s in config.data.sequences):
-        problems.append("pseudo_labels.engine = 'none' trains on labels only: only GED4 has labels")
+    if labels.engine == "none" and len(config.data.sequences) > 1:
+        problems.append("pseudo_labels.engine = 'none' trains on labels only: one sequence has labels")
     if labels.ignore_uncertainty_above is not None and not 0 < labels.ignore_uncertainty_above < 1:
         problems.append("pseudo_labels.ignore_uncertainty_above must lie in (0, 1) bits")
     for name in ("intermediate", "final"):
@@ -165,6 +175,23 @@ def check_config(config: SSLConfig) -> None:
     if problems:
         where = f"{config.source}: " if config.source else ""
         raise UsageError(where + "; ".join(problems))
+
+
+def _data_problems(data: DataConfig) -> list[str]:
+    problems = []
+    bad = [s for s in data.sequences if not valid_sequence_name(s)]
+    if bad or not data.sequences:
+        problems.append(f"data.sequences: {list(data.sequences)} (names of letters, digits, _.-)")
+    if data.layout not in LAYOUTS:
+        problems.append(f"data.layout: {data.layout!r} (choose from {', '.join(LAYOUTS)})")
+    unknown = [s for s in data.sequences if s not in CARE_SEQUENCES]
+    if data.layout == "care" and unknown:
+        problems.append(f"data.sequences: {unknown} are not CARE sequences ({list(CARE_SEQUENCES)})")
+    if data.layout not in ("care", "auto") and len(data.sequences) != 1:
+        problems.append(f"data.sequences: a {data.layout} collection has one sequence: name it")
+    if data.holdout_labels is not None and data.holdout_images is None:
+        problems.append("data.holdout_labels needs data.holdout_images")
+    return problems
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> SSLConfig:
@@ -240,13 +267,20 @@ TEMPLATE = """\
 # Relative paths are relative to this file. 0 switches the optional limits off.
 
 [data]
-train = "data/train"              # CARE training root: Vendor_X/<case>/GED4.nii.gz (+ mask_GED4.nii.gz)
-sequences = ["GED4"]              # also e.g. "T1": trained on cross-sequence pseudo labels
+train = "data/train"              # CARE root (Vendor_X/<case>/GED4.nii.gz + mask_GED4.nii.gz), or any
+                                  # collection: imagesTr/ + labelsTr/, images/ + masks/ (same names),
+                                  # or <case>_image + <case>_liver files in one folder
+layout = "auto"                   # auto | care | nnunet | folders | flat
+sequences = ["GED4"]              # CARE: also e.g. "T1" (cross-sequence pseudo labels); any other
+                                  # layout: the one name of your sequence, e.g. ["T2"]
+labelled_sequence = "GED4"        # CARE: whose masks are the supports of every sequence
 # holdout_images = "data/test/input"        # optional labelled split, scored every round
-# holdout_labels = "data/ground_truth/test" # (Vendor_X/<case>/mask_<SEQ>.nii.gz)
+# holdout_labels = "data/ground_truth/test" # CARE: Vendor_X/<case>/mask_<SEQ>.nii.gz; other
+                                            # layouts: the holdout collection's own masks
 
 [pseudo_labels]
 engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
+atlas_method = "syn"              # atlas: syn (ANTs deformable, real anatomy) | affine (fast)
 # checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only
 setting = "auto"                  # sam2: auto | paper | cpu-practical
 max_supports = 0                  # 0: no limit

@@ -3,7 +3,8 @@
 Per sequence, under ``<run>/<SEQ>/``:
 
 * ``round_00``: pseudo labels of every unlabelled case from a few-shot engine (atlas or SAM2),
-  with uncertainty maps. Supports are the labelled GED4 cases, also for T1/T2/DWI queries.
+  with uncertainty maps. Supports are the labelled cases (CARE: the labelled GED4 cases, also for
+  T1/T2/DWI queries).
 * ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
   labels of the previous round; its fold ensemble predicts every unlabelled case with
   probabilities, which become this round's pseudo labels and uncertainty maps. It also segments
@@ -41,10 +42,11 @@ from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import write_text_atomic
 from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, outputs_of, pseudo_label
 from sslmedsam2.runtime import available_cpus, resolve_device
-from sslmedsam2.sequences import GED4
+from sslmedsam2.datasets import detect_layout, read_collection, require_clean
+from sslmedsam2.sequences import CARE_SEQUENCES
 from sslmedsam2.ssl.config import SSLConfig
 from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
-from sslmedsam2.supports import Support, find_supports
+from sslmedsam2.supports import Support
 from sslmedsam2.training import TrainingProfile, check_folds, fit_nnunet
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class SequenceCases:
     labelled: list[Support]
     unlabelled: list[Query]
     holdout: list[Query]
+    #: held-out case -> its ground-truth mask
+    holdout_truth: dict[str, Path]
 
 
 @dataclass
@@ -100,26 +104,58 @@ def write_record(folder: Path, record: StepRecord) -> StepRecord:
 
 
 def gather_cases(config: SSLConfig, sequence: str) -> SequenceCases:
-    """Labelled and unlabelled training cases of ``sequence``, and its held-out cases."""
+    """Labelled and unlabelled training cases of ``sequence``, and its held-out cases with their
+    ground truth; every problem of either collection is named before anything runs."""
     data = config.data
-    labelled = find_supports(data.train, sequence)
-    labelled_ids = {s.case for s in labelled}
-    unlabelled = [q for q in find_queries(data.train, sequence) if q.case not in labelled_ids]
-    holdout = find_queries(data.holdout_images, sequence) if data.holdout_images else []
-    if not labelled and not unlabelled:
-        raise SSLMedSAM2Error(f"{data.train}: no {sequence} volumes (expected Vendor_X/<case>/"
-                              f"{sequence}.nii.gz)")
-    return SequenceCases(sequence, labelled, unlabelled, holdout)
+    labelled_sequence = data.labelled_sequence if is_care(config) else sequence
+    train = require_clean(read_collection(data.train, sequence, data.layout),
+                          need_labels=sequence == labelled_sequence)
+    if not train.labelled and not train.unlabelled:
+        raise SSLMedSAM2Error(f"{data.train}: no {sequence} volumes ({train.layout} layout)")
+    if train.layout == "care" and sequence not in CARE_SEQUENCES:
+        raise SSLMedSAM2Error(f"{data.train}: a CARE root has no sequence {sequence!r} (choose "
+                              f"from {', '.join(CARE_SEQUENCES)})")
+    holdout, truth = holdout_cases(config, sequence)
+    return SequenceCases(sequence, train.labelled, train.unlabelled, holdout, truth)
+
+
+def holdout_cases(config: SSLConfig, sequence: str) -> tuple[list[Query], dict[str, Path]]:
+    """The held-out split's volumes and, per case, its ground-truth mask."""
+    data = config.data
+    if data.holdout_images is None:
+        return [], {}
+    if data.holdout_labels is not None:  # CARE: masks apart from the images
+        truth = find_ground_truth(data.holdout_labels)
+        return (find_queries(data.holdout_images, sequence),
+                {case: path for (case, seq), path in truth.items() if seq == sequence})
+    collection = require_clean(read_collection(data.holdout_images, sequence, "auto"))
+    queries = [Query(s.case, s.image, s.vendor) for s in collection.labelled] + collection.unlabelled
+    return sorted(queries, key=lambda q: q.case), {s.case: s.mask for s in collection.labelled}
+
+
+def is_care(config: SSLConfig) -> bool:
+    """Whether the training collection is a CARE root (several sequences, one labelled)."""
+    layout = config.data.layout
+    return (detect_layout(config.data.train) if layout == "auto" else layout) == "care"
+
+
+def training_supports(config: SSLConfig) -> list[Support]:
+    """The labelled cases every sequence's few-shot round draws on: CARE's labelled sequence, or
+    the collection's own labelled cases."""
+    data = config.data
+    sequence = data.labelled_sequence if is_care(config) else data.sequences[0]
+    return read_collection(data.train, sequence, data.layout).labelled
 
 
 def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
-    """The round-0 labeller named in the config, over the labelled GED4 supports."""
+    """The round-0 labeller named in the config, over the labelled supports."""
     labels = config.pseudo_labels
     if labels.engine == "atlas":
         from sslmedsam2.atlas import AtlasConfig
         from sslmedsam2.engines.atlas import AtlasEngine
 
-        return AtlasEngine(supports, AtlasConfig(), max_supports=labels.max_supports,
+        return AtlasEngine(supports, AtlasConfig(method=labels.atlas_method),
+                           max_supports=labels.max_supports,
                            origin=str(config.data.train))
     from sslmedsam2.engines.sam2 import Sam2Engine
     from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
@@ -150,7 +186,9 @@ class SemiSupervisedRun:
         self.progress = progress
         self.executor = executor or LocalExecutor()
         self.device = resolve_device(config.loop.device)
-        self.supports = find_supports(config.data.train, GED4)
+        self.supports = training_supports(config)
+        self.labelled_sequence = (config.data.labelled_sequence if is_care(config)
+                                  else config.data.sequences[0])
         self._fewshot = partial(fewshot_engine, config, self.supports)
         # the engine last built in this process and its recipe: reused while steps ask for it
         self._built: tuple[EngineRecipe, Engine] | None = None
@@ -162,8 +200,8 @@ class SemiSupervisedRun:
         records: list[StepRecord] = []
         if self.config.pseudo_labels.engine != "none":
             if not self.supports:
-                raise SSLMedSAM2Error(f"{self.config.data.train}: no labelled GED4 case "
-                                      "(mask_GED4.nii.gz) to draw pseudo labels from")
+                raise SSLMedSAM2Error(f"{self.config.data.train}: no labelled case (image with "
+                                      "a mask) to draw pseudo labels from")
             records.append(self._round_zero(cases))
             for number in range(1, self.config.loop.max_rounds + 1):
                 records.append(self._round(cases, number))
@@ -215,7 +253,7 @@ class SemiSupervisedRun:
         started = time.perf_counter()
         engine = self._fewshot
         name = self.config.pseudo_labels.engine
-        log.info("%s round 0: %s pseudo labels for %d unlabelled case(s) from %d GED4 support(s)",
+        log.info("%s round 0: %s pseudo labels for %d unlabelled case(s) from %d support(s)",
                  cases.sequence, name, len(cases.unlabelled), len(self.supports))
         failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
         record = StepRecord(sequence=cases.sequence, step="round_00", seconds=0.0,
@@ -376,10 +414,9 @@ class SemiSupervisedRun:
             return
         # scored as process.py would deliver them: largest component only
         self._label(engine, cases.holdout, folder / "holdout", cases.sequence, largest_only=True)
-        truth = find_ground_truth(self.config.data.holdout_labels)
         rows = []
         for query in cases.holdout:
-            gt = truth.get((query.case, cases.sequence))
+            gt = cases.holdout_truth.get(query.case)
             if gt is None:
                 continue
             pred = folder / "holdout" / query.case / f"{cases.sequence}.nii.gz"

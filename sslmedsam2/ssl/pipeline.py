@@ -28,7 +28,7 @@ from sslmedsam2 import __version__
 from sslmedsam2.errors import UsageError
 from sslmedsam2.evaluation import aligned_table
 from sslmedsam2.executors import Executor
-from sslmedsam2.io import read_volume, write_text_atomic
+from sslmedsam2.io import read_volume, volume_suffix, write_text_atomic
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.montage import save_overlay_montage
 from sslmedsam2.orientation import CANONICAL
@@ -164,7 +164,7 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
         exported[sequence] = {"models": [str(t.relative_to(staging)) for t in targets],
                               "folds": final.folds, "trained_on": final.trained_on,
                               "rounds": [r.step for r in records if r.sequence == sequence]}
-    copy_supports(run.supports, staging / "supports")
+    copy_supports(run.supports, staging / "supports", run.labelled_sequence)
     write_manifest(staging, {
         "sslmedsam2": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run.run_dir), "config": run.config.to_dict(), "models": exported,
@@ -180,14 +180,15 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
     return weights_dir
 
 
-def copy_supports(supports: list[Support], target: Path) -> None:
-    """Labelled GED4 cases as ``supports/Vendor_X/<case>/``: the container's few-shot fallback
-    for sequences without a model, with vendors kept for same-vendor support choice."""
+def copy_supports(supports: list[Support], target: Path, sequence: str) -> None:
+    """Labelled cases as ``supports/Vendor_X/<case>/<SEQ>`` + ``mask_<SEQ>`` whatever their
+    names in the collection: the container's few-shot fallback for sequences without a model,
+    with vendors kept for same-vendor support choice."""
     for support in supports:
         folder = target / (f"Vendor_{support.vendor}" if support.vendor else "") / support.case
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(support.image, folder / support.image.name)
-        shutil.copyfile(support.mask, folder / support.mask.name)
+        shutil.copyfile(support.image, folder / f"{sequence}{volume_suffix(support.image)}")
+        shutil.copyfile(support.mask, folder / f"mask_{sequence}{volume_suffix(support.mask)}")
 
 
 def run_summary_table(records: list[StepRecord]) -> str:

@@ -1,0 +1,142 @@
+"""Few-shot (atlas) quality on real patients, leave-one-out, every registration method side by side.
+
+Each patient of a labelled collection (default: the 14 CHAOS MR T2-SPIR patients in
+../shared/data/chaos-mr-t2, CC BY-NC-SA: read in place, never copied) is a query; its supports are
+drawn from the other patients with a fixed seed per query, the first k of one permutation, so the
+1-support draw is part of the 3-support draw. Each support is registered once per method and the
+k-support labels fuse the first k warped masks exactly as the engine does (``atlas.fuse``).
+
+Printed per method and k: whole-volume 3D Dice (mean +- sd, min), the few-shot literature's
+"protocol Dice" (3D Dice over the slices that hold liver in the ground truth), HD95, and seconds
+per query (the sum of its supports' registrations, measured here, side by side). Resumable: each
+(query, support, method) warp is kept in --work.
+
+    python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn affine] [--supports 1 3]
+        [--seed 0] [--work runs/bench_fewshot_real] [--json benchmarks/fewshot_real.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from sslmedsam2.atlas import AtlasConfig, fuse, warp_supports
+from sslmedsam2.datasets import read_collection, require_clean
+from sslmedsam2.metrics import compute_metrics
+from sslmedsam2.supports import Support
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
+#: Published 1-shot protocol Dice on the 20 CHAOS T2-SPIR patients (2D, setting 1 / setting 2).
+PUBLISHED = {"FoB+SAM": (85.6, 82.4), "GMRD": (81.4, 80.3), "SSL-ALPNet": (76.1, 73.1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--methods", nargs="+", default=["syn", "affine"])
+    parser.add_argument("--supports", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--queries", type=int, default=None, help="first N patients only")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_fewshot_real"))
+    parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
+    args = parser.parse_args()
+    patients = require_clean(read_collection(args.data, "MR")).labelled
+    queries = patients[: args.queries] if args.queries else patients
+    draws = {q.case: support_draw(q, patients, max(args.supports), args.seed) for q in queries}
+    rows = []
+    for query in tqdm(queries, desc="queries", unit="patient"):
+        rows += score_query(query, draws[query.case], args)
+    print_tables(rows, args)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": "python benchmarks/bench_fewshot_real.py " + " ".join(
+                f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items() if k not in ("json", "work") and v is not None),
+            "data": str(args.data), "machine": f"{platform.node()} {platform.processor()}",
+            "draws": {q: [s.case for s in d] for q, d in draws.items()}, "rows": rows}, indent=1))
+    return 0
+
+
+def support_draw(query: Support, patients: list[Support], k: int, seed: int) -> list[Support]:
+    """The first k of a seeded permutation of the other patients (one seed per query)."""
+    others = [p for p in patients if p.case != query.case]
+    rng = np.random.default_rng([seed, patients.index(query)])
+    return [others[i] for i in rng.permutation(len(others))[:k]]
+
+
+def score_query(query: Support, draw: list[Support], args: argparse.Namespace) -> list[dict]:
+    image = sitk.ReadImage(str(query.image))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(query.mask))) > 0
+    rows = []
+    for method in args.methods:
+        warped, seconds = [], []
+        for support in draw:
+            mask, took = cached_warp(query, support, image, method, args.work)
+            warped.append(mask)
+            seconds.append(took)
+        for k in args.supports:
+            fused = fuse(warped[:k]).mask
+            scores = compute_metrics(fused, truth, image.GetSpacing()[::-1])
+            rows.append({"query": query.case, "method": method, "k": k,
+                         "supports": [s.case for s in draw[:k]], "dice": round(scores.dice, 4),
+                         "protocol_dice": round(protocol_dice(fused, truth), 4),
+                         "hd95_mm": round(scores.hd95, 2), "seconds": round(sum(seconds[:k]), 1)})
+    return rows
+
+
+def cached_warp(query: Support, support: Support, image: sitk.Image, method: str,
+                work: Path) -> tuple[np.ndarray, float]:
+    """One support's warped soft mask and its registration time, computed once."""
+    folder = work / method / query.case
+    path, meta = folder / f"{support.case}.npy", folder / f"{support.case}.json"
+    if path.is_file() and meta.is_file():
+        return np.load(path), json.loads(meta.read_text())["seconds"]
+    pair = (sitk.ReadImage(str(support.image)), sitk.ReadImage(str(support.mask)))
+    started = time.perf_counter()
+    (mask,) = warp_supports(image, [pair], AtlasConfig(method=method))
+    seconds = time.perf_counter() - started
+    if mask is None:
+        mask = np.zeros(image.GetSize()[::-1], np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(path, mask.astype(np.float16))
+    meta.write_text(json.dumps({"seconds": round(seconds, 2)}))
+    return mask.astype(np.float32), seconds
+
+
+def protocol_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice over the axial slices that hold liver in the ground truth (z first)."""
+    slices = truth.any(axis=(1, 2))
+    a, b = prediction[slices] > 0, truth[slices]
+    return 2.0 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum()) + int(b.sum()))
+
+
+def print_tables(rows: list[dict], args: argparse.Namespace) -> None:
+    print(f"\n{args.data}: {len({r['query'] for r in rows})} queries, leave-one-out, seed {args.seed}\n")
+    print("| method | supports | 3D Dice mean +- sd | min | protocol Dice mean +- sd | HD95 mm | "
+          "s per query |\n|---|---|---|---|---|---|---|")
+    for method in args.methods:
+        for k in args.supports:
+            sel = [r for r in rows if r["method"] == method and r["k"] == k]
+            dice, proto = [r["dice"] for r in sel], [r["protocol_dice"] for r in sel]
+            print(f"| {method} | {k} | {_ms(dice)} | {min(dice):.3f} | {_ms(proto)} | "
+                  f"{statistics.mean(r['hd95_mm'] for r in sel):.1f} | "
+                  f"{statistics.mean(r['seconds'] for r in sel):.1f} |")
+    print("\npublished 1-shot protocol Dice, 20 patients, 2D (setting 1 / 2): " + "; ".join(
+        f"{name} {a} / {b}" for name, (a, b) in PUBLISHED.items()))
+
+
+def _ms(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} +- {sd:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
