@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sslmedsam2.atlas import RegistrationError, propagate
-from sslmedsam2.postprocess import binary_entropy
+from sslmedsam2.atlas import AtlasConfig, RegistrationError, propagate
+from sslmedsam2.postprocess import binary_entropy, largest_component
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.metrics import compute_metrics
 from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
@@ -25,6 +25,37 @@ from test_process import assert_on_grid, summary
 
 def _read(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _shifted(mask: np.ndarray, step: int, axis: int) -> np.ndarray:
+    """``mask`` moved ``step`` voxels along ``axis``, zeros coming in (nothing wraps around)."""
+    out = np.zeros_like(mask)
+    source, target = [slice(None)] * mask.ndim, [slice(None)] * mask.ndim
+    source[axis] = slice(0, mask.shape[axis] - step) if step > 0 else slice(-step, None)
+    target[axis] = slice(step, None) if step > 0 else slice(0, mask.shape[axis] + step)
+    out[tuple(target)] = mask[tuple(source)]
+    return out
+
+
+def displaced_dice(mask: np.ndarray, voxels: int, axes: tuple[int, ...]) -> float:
+    """The worst Dice of ``mask`` against itself moved ``voxels`` along any of ``axes``: what a
+    registration off by that much still reaches. Registering a volume to itself should land
+    within a voxel of identity (random metric sampling keeps it from landing exactly on it)."""
+    return min(_dice(mask, _shifted(mask, step, axis)) for axis in axes for step in (voxels, -voxels))
+
+
+def unregistered(query: sitk.Image, pairs: list[tuple[sitk.Image, sitk.Image]]) -> np.ndarray:
+    """What ``propagate`` would give if registration did nothing: the support masks taken onto
+    the query's grid where they lie in space, majority vote, largest component."""
+    votes = np.mean([sitk.GetArrayFromImage(sitk.Resample(
+        sitk.Cast(mask > 0, sitk.sitkFloat32), query, sitk.Transform(), sitk.sitkLinear, 0.0,
+        sitk.sitkFloat32)) for _, mask in pairs], axis=0)
+    return largest_component(votes >= AtlasConfig().threshold)
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +74,19 @@ def test_finds_supports_in_both_folder_shapes(tmp_path, example_dataset, support
     assert same_vendor_first(supports, "C") == supports
 
 
-@pytest.mark.parametrize("sequence, dice_floor", [("GED4", 0.78), ("T1", 0.78)])
-def test_atlas_finds_the_liver(example_dataset, supports, sequence, dice_floor):
+@pytest.mark.parametrize("sequence", ["GED4", "T1"])
+def test_atlas_finds_the_liver(example_dataset, supports, sequence):
+    """Each case's floor is what the same supports give unregistered (0.64-0.78 Dice on these
+    cases; the atlas reached 0.82-0.95 when this was written): registration must find the
+    liver better than where the supports' livers happen to lie."""
     pairs = [(_read(s.image), _read(s.mask)) for s in supports]
     for case in example_dataset.split("test"):
         query = _read(case.images[sequence])
         fused = propagate(query, pairs)
         truth = sitk.GetArrayFromImage(_read(case.ground_truth[sequence]))
         dice = compute_metrics(fused.mask, truth, query.GetSpacing()[::-1]).dice
-        assert dice >= dice_floor, f"{case.case_id} {sequence}: Dice {dice:.3f}"
+        floor = _dice(unregistered(query, pairs), truth)
+        assert dice > floor, f"{case.case_id} {sequence}: Dice {dice:.3f}, unregistered {floor:.3f}"
         assert fused.mask.shape == truth.shape
         assert 0.0 <= fused.uncertainty.min() and fused.uncertainty.max() <= 1.0
 
@@ -67,15 +102,20 @@ def test_atlas_output_on_awkward_query_grids(tmp_path, supports, real_mr):
 
 @pytest.mark.parametrize("slices", [1, 3])
 def test_atlas_on_a_thin_volume(real_mr, slices):
-    """Fewer slices than ITK's recursive smoothing accepts (4): still registered, on its grid."""
+    """Fewer slices than ITK's recursive smoothing accepts (4): still registered, on its grid.
+    The query is part of the support, so the right answer is its own slices of the mask."""
     image, mask = real_mr, _read(SEED_DIR / "liver.nii.gz")
     area = sitk.GetArrayViewFromImage(mask).reshape(mask.GetSize()[2], -1).sum(axis=1)
-    middle = int(np.argmax(area))
+    # the largest cross-section, kept 4 slices from either end so the support has all 8
+    middle = int(np.clip(np.argmax(area), 4, len(area) - 4))
     query = image[:, :, middle : middle + slices]
     fused = propagate(query, [(image[:, :, middle - 4 : middle + 4], mask[:, :, middle - 4 : middle + 4])])
     truth = sitk.GetArrayFromImage(mask[:, :, middle : middle + slices])
-    assert fused.mask.shape == truth.shape
-    assert compute_metrics(fused.mask, truth, query.GetSpacing()[::-1]).dice >= 0.8
+    assert fused.mask.shape == truth.shape == (slices, *truth.shape[1:])
+    # 1-3 slices barely constrain the affine's through-plane terms and get one unsmoothed
+    # level: allow 2 voxels of in-plane drift (0.92-0.94 measured, 0.90 is that floor)
+    dice = compute_metrics(fused.mask, truth, query.GetSpacing()[::-1]).dice
+    assert dice >= displaced_dice(truth, 2, axes=(1, 2)), f"Dice {dice:.3f}"
 
 
 def test_a_support_that_cannot_be_registered_is_left_out(real_mr):
@@ -83,7 +123,11 @@ def test_a_support_that_cannot_be_registered_is_left_out(real_mr):
     blank = sitk.Image(real_mr.GetSize(), real_mr.GetPixelID())  # no intensity: ITK cannot align it
     blank.CopyInformation(real_mr)
     fused = propagate(real_mr, [(blank, mask), (real_mr, mask)])
-    assert compute_metrics(fused.mask, sitk.GetArrayFromImage(mask), real_mr.GetSpacing()[::-1]).dice > 0.9
+    truth = sitk.GetArrayFromImage(mask)
+    # the vote is the scan registered to itself: within a voxel of identity (0.977 measured;
+    # a one-voxel shift gives 0.92-0.96 on this liver)
+    dice = compute_metrics(fused.mask, truth, real_mr.GetSpacing()[::-1]).dice
+    assert dice >= displaced_dice(truth, 1, axes=(0, 1, 2)), f"Dice {dice:.3f}"
     with pytest.raises(RegistrationError, match="none of the 1 support"):
         propagate(real_mr, [(blank, mask)])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -65,24 +66,51 @@ def test_process_pool_gives_the_same_labels(tmp_path, queries, recipe, local_lab
     _assert_same_outputs(tmp_path, local_labels, queries)
 
 
+class HoldingLabeller(CaseLabeller):
+    """A case labeller that notes which process starts each case (``<starts>/<case>.<pid>``)
+    and holds the first attempt at case ``held`` until the test kills it: the test learns the
+    worker's pid from the worker itself, so it kills a worker of its own Ray instance, mid-case,
+    and nothing else on the machine."""
+
+    def __init__(self, *args, starts: Path, held: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.starts, self.held = starts, held
+
+    def __call__(self, query: Query) -> dict:
+        first = not any(self.starts.glob(f"{query.case}.*"))
+        (self.starts / f"{query.case}.{os.getpid()}").touch()
+        if query.case == self.held and first:
+            time.sleep(120)  # the test kills this process long before
+            raise RuntimeError(f"worker {os.getpid()} holding {query.case} was never killed")
+        return super().__call__(query)
+
+
 def test_ray_survives_a_killed_worker_and_gives_the_same_labels(tmp_path, local_ray, queries,
                                                                 recipe, local_labels):
     executor = RayExecutor(workers=2, resources=Resources(cpus=1))
-    labeller = CaseLabeller(recipe, tmp_path, "GED4")
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    held = queries[len(queries) // 2].case  # sent once a worker has labelled a case already
+    labeller = HoldingLabeller(recipe, tmp_path / "out", "GED4", starts=starts, held=held)
     records: list[dict] = []
+    # Ray's workers cannot import this test module: send the labeller's class by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     run = threading.Thread(target=lambda: records.extend(
         pseudo_label(labeller, queries, progress=False, executor=executor)))
     run.start()
-    # once the first case is written the workers are busy with the next ones: kill one mid-case
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("*/GED4.nii.gz")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    victim = _busy_worker(deadline)
-    os.kill(victim, signal.SIGKILL)  # a crash: Ray restarts the worker and retries its case
-    run.join(timeout=600)
+    try:
+        victim = _pid_starting(starts, held, deadline=time.monotonic() + 300)
+        assert victim != os.getpid(), "the case ran in this process, not on a Ray worker"
+        os.kill(victim, signal.SIGKILL)  # a crash: Ray restarts the worker and retries its case
+        run.join(timeout=600)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert not run.is_alive()
     assert [r["status"] for r in records] == ["ok"] * len(queries)
-    _assert_same_outputs(tmp_path, local_labels, queries)
+    # the held case really was retried: started by the killed worker, then by its replacement
+    retried_by = {int(mark.suffix[1:]) for mark in starts.glob(f"{held}.*")}
+    assert victim in retried_by and len(retried_by) == 2, retried_by
+    _assert_same_outputs(tmp_path / "out", local_labels, queries)
     # resuming on another executor redoes nothing
     again = pseudo_label(labeller, queries, progress=False)
     assert {r["status"] for r in again} == {"skipped"}
@@ -106,18 +134,14 @@ def test_ray_trains_two_folds_like_the_local_executor(tmp_path, local_ray, examp
             torch.testing.assert_close(ours["network_weights"][name], tensor, msg=name)
 
 
-def _busy_worker(deadline: float) -> int:
-    """The process id of a Ray worker running a case now (Ray titles it ``ray::CaseActor.run``)."""
+def _pid_starting(starts: Path, case: str, deadline: float) -> int:
+    """The process id of the worker that has started ``case`` (as it noted in ``starts``)."""
     while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            try:
-                title = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if entry.name.isdigit() and title.startswith(b"ray::CaseActor.run"):
-                return int(entry.name)
+        marks = list(starts.glob(f"{case}.*"))
+        if marks:
+            return int(marks[0].suffix[1:])
         time.sleep(0.05)
-    raise AssertionError("no Ray worker was running a case")
+    raise AssertionError(f"no Ray worker started case {case}")
 
 
 @contextlib.contextmanager

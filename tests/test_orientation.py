@@ -74,7 +74,8 @@ def test_same_mask_in_every_orientation(tmp_path, trained_weights, real_mr):
         masks[kind] = as_canonical_array(sitk.ReadImage(str(out / f"{kind}_pred.nii.gz"))) > 0
     reference = masks["as-is"]
     assert 0 < reference.sum() < reference.size  # a real mask, not an empty or full one
+    # reorientation is lossless, so nnU-Net sees the same voxels and spacing every time: the
+    # masks must be identical, voxel for voxel (a Dice floor lets stray lost voxels through)
     for kind, mask in masks.items():
-        dice = 2 * np.logical_and(mask, reference).sum() / (mask.sum() + reference.sum())
-        assert dice >= 0.99, f"{kind}: Dice {dice:.4f} against the scan as stored"
+        np.testing.assert_array_equal(mask, reference, err_msg=f"{kind} against the scan as stored")
     assert "reoriented" in result.stderr  # the log says which inputs were reoriented

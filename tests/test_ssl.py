@@ -174,11 +174,13 @@ def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
         "2d", "3d_fullres"]
     assert any(name.endswith("fold_all/checkpoint_final.pth") for name in manifest["files"])
     out = tmp_path / "out"
+    # pinned to the CPU: the choice checked below is the CPU's (a GPU prefers 3d_fullres)
     done = run_process("--input", ssl_data.test_input_dir, "--output", out,
-                       "--weights", result.weights_dir)
+                       "--weights", result.weights_dir, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     records = json.loads((out / "sslmedsam2-summary.json").read_text())["cases"]
     assert {(r["sequence"], r["engine"]) for r in records} == {("GED4", "nnunet"), ("T1", "nnunet")}
+    assert {r["device"] for r in records} == {"cpu"}
     assert all(r["message"].startswith("2d ") for r in records)  # the CPU's choice: the companion
     for record in records:
         image = sitk.ReadImage(record["input"])
