@@ -174,7 +174,7 @@ def run_make_example(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
-    from sslmedsam2.ssl.pipeline import run_ssl, run_summary_table
+    from sslmedsam2.ssl.pipeline import read_choices, run_ssl, run_summary_table
 
     if args.print_config:
         sys.stdout.write(TEMPLATE)
@@ -198,6 +198,8 @@ def run_train(args: argparse.Namespace) -> int:
     result = run_ssl(config, args.run, args.weights, progress=not args.quiet,
                      executor=make_executor(executor_config(args)))
     print(run_summary_table(result.records))
+    for choice in read_choices(result.report_dir):
+        print(f"{choice['sequence']}: exported the {choice['exported']} model (*): {choice['reason']}")
     log.info("weights: %s (process.py --weights %s); report: %s", result.weights_dir,
              result.weights_dir, result.report_dir)
     return 0

@@ -43,7 +43,8 @@ def raw_config(dataset, **sections) -> dict:
                     "holdout_labels": str(dataset.ground_truth_dir / "test")},
            "pseudo_labels": {"engine": "atlas"},
            "intermediate": dict(TINY), "final": dict(TINY),
-           "loop": {"max_rounds": 1, "device": "cpu"}}
+           # the export choice (its own tests: test_export_choice.py) would add trainings here
+           "loop": {"max_rounds": 1, "device": "cpu", "choose_export": False}}
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return raw

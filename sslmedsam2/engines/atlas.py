@@ -13,6 +13,8 @@ import SimpleITK as sitk
 
 from sslmedsam2.atlas import AtlasConfig, propagate
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.io import volume_stem
+from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
 
 
@@ -25,9 +27,11 @@ class AtlasEngine:
     name = "atlas"
 
     def __init__(self, supports: list[Support], config: AtlasConfig = AtlasConfig(),
-                 max_supports: int = 5, origin: str = "") -> None:
+                 max_supports: int = 5, origin: str = "", support_sequence: str = GED4) -> None:
         self.supports = supports
         self.config = config
+        #: the supports' sequence: queries of another sequence are registered affinely (see atlas)
+        self.support_sequence = support_sequence
         self.max_supports = max_supports
         self.origin = origin
         self._volumes: dict[str, tuple[sitk.Image, sitk.Image]] = {}
@@ -35,7 +39,9 @@ class AtlasEngine:
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "AtlasEngine":
         folder = Path(weights_dir) / SUPPORTS_DIR
-        return cls(find_supports(folder, sequence=None), origin=str(folder))
+        supports = find_supports(folder, sequence=None)
+        sequence = volume_stem(supports[0].image) if supports else GED4
+        return cls(supports, origin=str(folder), support_sequence=sequence)
 
     def can_segment(self, sequence: str) -> bool:
         return bool(self.supports)
@@ -56,6 +62,7 @@ class AtlasEngine:
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
         self.load(sequence)
         chosen = same_vendor_first(self.supports, vendor)[: self.max_supports]
-        fused = propagate(image, [self._volumes[s.case] for s in chosen], self.config)
+        fused = propagate(image, [self._volumes[s.case] for s in chosen], self.config,
+                          same_sequence=sequence == self.support_sequence)
         return Segmentation(mask=fused.mask, uncertainty=fused.uncertainty,
                             detail=f"atlas supports={','.join(s.case for s in chosen)}")

@@ -1,10 +1,11 @@
 """Deformable registration of a support onto a query with ANTs' symmetric normalisation (SyN).
 
 Across real patients the liver differs in shape far more than an affine map can absorb: on the
-14 CHAOS patients one support's affine-warped mask reaches a mean Dice of about 0.6 and ANTs'
-rigid + affine + SyN about 0.75 (``benchmarks/bench_fewshot_real.py``). ANTs (antspyx) starts
+14 CHAOS patients, leave-one-out with one support, SimpleITK's affine reaches a mean Dice of
+0.66 and this SyN 0.77 (``benchmarks/bench_fewshot_real.py``, RESULTS.md). ANTs (antspyx) starts
 from the intensity centres of mass, never from the header origins, which real collections do not
-keep consistent between patients.
+keep consistent between patients. Its threads make results differ in the last voxels between
+processes: a resumed or retried case may not be bit-identical.
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class SynConfig:
-    """ANTs' schedule. ``transform``: an antspyx ``type_of_transform``; the quick script's
-    rigid + affine + SyN with mutual information is what the benchmark chose (see RESULTS.md)."""
+    """ANTs' schedule: ``transform`` is an antspyx ``type_of_transform`` (the default runs rigid,
+    affine, then SyN, all with mutual information). The SyN field is smoothed harder than ANTs'
+    quick script (``flow_sigma`` 6 and ``total_sigma`` 1 voxels, against 3 and 0): unconstrained,
+    SyN pulled the liver onto neighbouring organs on some patients (benchmarks/RESULTS.md)."""
 
-    transform: str = "antsRegistrationSyNQuick[s]"
+    transform: str = "SyN"
+    flow_sigma: float = 6.0
+    total_sigma: float = 1.0
+    iterations: tuple[int, ...] = (100, 70, 50, 0)
+
+    @classmethod
+    def quick(cls) -> "SynConfig":
+        """ANTs' antsRegistrationSyNQuick.sh schedule, as antspyx recreates it."""
+        return cls(transform="antsRegistrationSyNQuick[s]", flow_sigma=3.0, total_sigma=0.0)
 
 
 def warp_support_mask(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image,
@@ -37,7 +48,9 @@ def warp_support_mask(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image,
     try:
         result = ants.registration(
             ants.from_sitk(_normalised(fixed)), ants.from_sitk(_normalised(moving)),
-            type_of_transform=config.transform, outprefix=os.path.join(workdir, "tx_"))
+            type_of_transform=config.transform, outprefix=os.path.join(workdir, "tx_"),
+            flow_sigma=config.flow_sigma, total_sigma=config.total_sigma,
+            reg_iterations=config.iterations)
         warped = ants.apply_transforms(
             ants.from_sitk(sitk.Cast(query, sitk.sitkFloat32)),
             ants.from_sitk(sitk.Cast(mask > 0, sitk.sitkFloat32)),

@@ -47,7 +47,8 @@ class PseudoLabelConfig:
 
     ``engine``: atlas (weight-free registration), sam2 (TFFS-MedSAM2, needs ``checkpoint``) or none
     (train on the labelled cases only: the supervised baseline). ``atlas_method``: syn (ANTs'
-    deformable registration, what holds across real patients) or affine (SimpleITK, fast). ``same_vendor_supports``: a query
+    deformable registration, what holds across real patients), affine (SimpleITK, fast, what
+    holds across sequences) or auto (syn within the labelled sequence, affine across). ``same_vendor_supports``: a query
     is labelled from the supports of its own vendor when there are any (the paper); False uses
     every support (better fusion when each vendor has only one or two). ``ignore_uncertainty_above``:
     voxels whose binary entropy (bits, 0..1) exceeds it become nnU-Net's ``ignore`` label (None:
@@ -56,7 +57,7 @@ class PseudoLabelConfig:
     """
 
     engine: str = "atlas"
-    atlas_method: str = "syn"
+    atlas_method: str = "auto"
     checkpoint: Path | None = None
     setting: str = "auto"
     max_supports: int | None = None
@@ -107,6 +108,10 @@ class LoopConfig:
     its pseudo labels and the previous round's; the loop stops once it reaches
     ``convergence_dice`` or after ``max_rounds`` nnU-Net rounds.
 
+    ``choose_export``: export the SSL model or a labelled-only one, whichever scores better on
+    labelled cases left out of training (``choose_export_folds``-fold over the labelled cases,
+    two trainings per fold; see :mod:`sslmedsam2.ssl.export_choice`).
+
     ``keep_best_round``: self-training can drift (a model that under-segments a little teaches
     the next round smaller labels, and so on). Every round's model also segments the labelled
     cases; when a round reproduces their masks worse than an earlier round by more than
@@ -116,6 +121,8 @@ class LoopConfig:
 
     max_rounds: int = 3
     convergence_dice: float = 0.98
+    choose_export: bool = True
+    choose_export_folds: int = 2
     keep_best_round: bool = True
     drift_tolerance: float = 0.005
     seed: int = 0
@@ -170,6 +177,8 @@ def check_config(config: SSLConfig) -> None:
         problems.append("intermediate.extra_configurations: only the final model has companions")
     if config.loop.max_rounds < 0 or not 0 < config.loop.convergence_dice <= 1:
         problems.append("loop.max_rounds must be >= 0 and loop.convergence_dice in (0, 1]")
+    if config.loop.choose_export_folds < 2:
+        problems.append("loop.choose_export_folds must be >= 2")
     if not 0 <= config.loop.drift_tolerance < 1:
         problems.append("loop.drift_tolerance must lie in [0, 1)")
     if problems:
@@ -280,7 +289,8 @@ labelled_sequence = "GED4"        # CARE: whose masks are the supports of every 
 
 [pseudo_labels]
 engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
-atlas_method = "syn"              # atlas: syn (ANTs deformable, real anatomy) | affine (fast)
+atlas_method = "auto"             # atlas: auto (syn within the labelled sequence, affine across)
+                                  # | syn (ANTs deformable, real anatomy) | affine (fast)
 # checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only
 setting = "auto"                  # sam2: auto | paper | cpu-practical
 max_supports = 0                  # 0: no limit
@@ -305,6 +315,8 @@ extra_configurations = []         # e.g. ["2d"]: also trained and exported (proc
 [loop]
 max_rounds = 3                    # nnU-Net rounds after round 0
 convergence_dice = 0.98           # stop when successive pseudo labels agree this much (mean Dice)
+choose_export = true              # export SSL or labelled-only, whichever scores better on labelled
+choose_export_folds = 2           # cases left out of training (2 trainings per fold; needs >= 2 labels)
 keep_best_round = true            # stop at drift: final model from the round that best fits the labelled masks
 drift_tolerance = 0.005           # drift = labelled-mask Dice this far below an earlier round's
 seed = 0

@@ -46,6 +46,7 @@ from sslmedsam2.datasets import detect_layout, read_collection, require_clean
 from sslmedsam2.sequences import CARE_SEQUENCES
 from sslmedsam2.ssl.config import SSLConfig
 from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
+from sslmedsam2.ssl.export_choice import LABELLED_ONLY, SSL, choose_export, rebuild_training_set
 from sslmedsam2.supports import Support
 from sslmedsam2.training import TrainingProfile, check_folds, fit_nnunet
 
@@ -91,6 +92,8 @@ class StepRecord:
     companions: list[str] | None = None
     #: final only: the round whose model (same schedule) or pseudo labels it builds on
     based_on: str | None = None
+    #: final only: the model exported, "ssl" or "labelled-only" (see ssl.export_choice)
+    export: str | None = None
 
 
 def read_record(folder: Path) -> StepRecord | None:
@@ -107,9 +110,8 @@ def gather_cases(config: SSLConfig, sequence: str) -> SequenceCases:
     """Labelled and unlabelled training cases of ``sequence``, and its held-out cases with their
     ground truth; every problem of either collection is named before anything runs."""
     data = config.data
-    labelled_sequence = data.labelled_sequence if is_care(config) else sequence
     train = require_clean(read_collection(data.train, sequence, data.layout),
-                          need_labels=sequence == labelled_sequence)
+                          need_labels=sequence == labelled_sequence(config))
     if not train.labelled and not train.unlabelled:
         raise SSLMedSAM2Error(f"{data.train}: no {sequence} volumes ({train.layout} layout)")
     if train.layout == "care" and sequence not in CARE_SEQUENCES:
@@ -139,12 +141,14 @@ def is_care(config: SSLConfig) -> bool:
     return (detect_layout(config.data.train) if layout == "auto" else layout) == "care"
 
 
+def labelled_sequence(config: SSLConfig) -> str:
+    """The sequence with masks: CARE's labelled sequence, or a plain collection's only one."""
+    return config.data.labelled_sequence if is_care(config) else config.data.sequences[0]
+
+
 def training_supports(config: SSLConfig) -> list[Support]:
-    """The labelled cases every sequence's few-shot round draws on: CARE's labelled sequence, or
-    the collection's own labelled cases."""
-    data = config.data
-    sequence = data.labelled_sequence if is_care(config) else data.sequences[0]
-    return read_collection(data.train, sequence, data.layout).labelled
+    """The labelled cases every sequence's few-shot round draws on."""
+    return read_collection(config.data.train, labelled_sequence(config), config.data.layout).labelled
 
 
 def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
@@ -155,8 +159,8 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
         from sslmedsam2.engines.atlas import AtlasEngine
 
         return AtlasEngine(supports, AtlasConfig(method=labels.atlas_method),
-                           max_supports=labels.max_supports,
-                           origin=str(config.data.train))
+                           max_supports=labels.max_supports, origin=str(config.data.train),
+                           support_sequence=labelled_sequence(config))
     from sslmedsam2.engines.sam2 import Sam2Engine
     from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
     from sslmedsam2.fewshot.tffs import TFFSConfig
@@ -187,15 +191,15 @@ class SemiSupervisedRun:
         self.executor = executor or LocalExecutor()
         self.device = resolve_device(config.loop.device)
         self.supports = training_supports(config)
-        self.labelled_sequence = (config.data.labelled_sequence if is_care(config)
-                                  else config.data.sequences[0])
+        self.labelled_sequence = labelled_sequence(config)
         self._fewshot = partial(fewshot_engine, config, self.supports)
         # the engine last built in this process and its recipe: reused while steps ask for it
         self._built: tuple[EngineRecipe, Engine] | None = None
 
     # -- the loop -------------------------------------------------------------------------
     def run_sequence(self, sequence: str) -> tuple[list[StepRecord], Path]:
-        """Rounds until convergence, then the final model; returns the records and its folder."""
+        """Rounds until convergence, then the final model; returns the records and the folder of
+        the model to export (the SSL one, or labelled-only where that measured better)."""
         cases = gather_cases(self.config, sequence)
         records: list[StepRecord] = []
         if self.config.pseudo_labels.engine != "none":
@@ -211,8 +215,16 @@ class SemiSupervisedRun:
                     break
                 if self._drifted(records):
                     break
-        final, model = self._final(cases, self._chosen(records))
-        return records + [final], model
+        (final, model), labels_dir = self._final(cases, self._chosen(records))
+        records.append(final)
+        if self.config.pseudo_labels.engine == "none" or not self.config.loop.choose_export:
+            return records, model
+        final.export = choose_export(self, cases, final, labels_dir).exported
+        write_record(self.step_dir(sequence, "final"), final)
+        if final.export == SSL:
+            return records, model
+        fallback, model = self._labelled_only(cases)
+        return records + [fallback], model
 
     def _converged(self, record: StepRecord) -> bool:
         change = record.change_dice_mean
@@ -300,32 +312,52 @@ class SemiSupervisedRun:
                   if (mask := out / s.case / f"{cases.sequence}.nii.gz").is_file()]
         return round(float(np.mean(scores)), 4) if scores else None
 
-    def _final(self, cases: SequenceCases, last: StepRecord | None) -> tuple[StepRecord, Path]:
-        """The deployed model, built on round ``last`` (None: labelled cases only)."""
+    def _final(self, cases: SequenceCases, last: StepRecord | None
+               ) -> tuple[tuple[StepRecord, Path], Path]:
+        """The deployed model, built on round ``last`` (None: labelled cases only); with the
+        folder of the pseudo labels it was trained on."""
         folder = self.step_dir(cases.sequence, "final")
+        same = last is not None and last.step != "round_00" and self._same_schedules(cases)
+        labels_dir = (self.step_dir(cases.sequence, last.step) if same else folder) / "labels"
         done = read_record(folder)
         if done:
-            return done, Path(done.model)
+            return (done, Path(done.model)), labels_dir
         started = time.perf_counter()
-        n_train = len(cases.labelled) + len(cases.unlabelled)
         record = StepRecord(sequence=cases.sequence, step="final", seconds=0.0, engine="nnunet",
                             labelled=len(cases.labelled))
-        same = (self.config.final.resolve(n_train) == self.config.intermediate.resolve(n_train))
-        if last is not None and last.step != "round_00" and same:
+        if same:
             log.info("%s final: the %s model (same schedule as the final one)", cases.sequence,
                      last.step)
             record = StepRecord(**{**asdict(last), "step": "final", "seconds": 0.0})
-            labels_dir = self.step_dir(cases.sequence, last.step) / "labels"
         else:
             source = self.step_dir(cases.sequence, last.step) / "pseudo" if last else None
             model, profile = self._train(cases, source, folder, self.config.final, 99, record)
             self._score_holdout(self._nnunet_engine(cases.sequence, model, profile), cases,
                                 folder, record)
-            labels_dir = folder / "labels"
         record.based_on = last.step if last else None
         record.companions = self._companions(cases, record, labels_dir, folder)
         record.seconds = round(time.perf_counter() - started, 1)
-        return write_record(folder, record), Path(record.model)
+        return (write_record(folder, record), Path(record.model)), labels_dir
+
+    def _same_schedules(self, cases: SequenceCases) -> bool:
+        n_train = len(cases.labelled) + len(cases.unlabelled)
+        return self.config.final.resolve(n_train) == self.config.intermediate.resolve(n_train)
+
+    def _labelled_only(self, cases: SequenceCases) -> tuple[StepRecord, Path]:
+        """The final schedule on the labelled cases alone: exported when it measured better."""
+        folder = self.step_dir(cases.sequence, "final_labelled_only")
+        done = read_record(folder)
+        if done:
+            return done, Path(done.model)
+        started = time.perf_counter()
+        record = StepRecord(sequence=cases.sequence, step="final_labelled_only", seconds=0.0,
+                            engine="nnunet", labelled=len(cases.labelled), export=LABELLED_ONLY)
+        model, profile = self._train(cases, None, folder, self.config.final, 98, record)
+        self._score_holdout(self._nnunet_engine(cases.sequence, model, profile), cases, folder,
+                            record)
+        record.companions = self._companions(cases, record, folder / "labels", folder)
+        record.seconds = round(time.perf_counter() - started, 1)
+        return write_record(folder, record), model
 
     def _companions(self, cases: SequenceCases, record: StepRecord, labels_dir: Path,
                     folder: Path) -> list[str]:
@@ -335,10 +367,7 @@ class SemiSupervisedRun:
         if not extras:
             return []
         labelled = {s.case: s for s in cases.labelled}
-        queries = {q.case: q for q in cases.unlabelled}
-        training = [labelled.get(case) or Support(case, queries[case].image,
-                                                  labels_dir / f"{case}.nii.gz", queries[case].vendor)
-                    for case in record.trained_on or []]
+        training = rebuild_training_set(cases, record.trained_on or [], labels_dir)
         profile = self.config.final.resolve(len(training))
         ignore = (self.config.pseudo_labels.ignore_uncertainty_above is not None
                   and len(training) > len(labelled))
@@ -445,8 +474,9 @@ def change_between(previous: Path, current: Path, queries: list[Query],
 
 def mask_dice(a: Path, b: Path) -> float:
     """Dice of two mask files on the same grid (any non-zero voxel is foreground)."""
-    return dice(sitk.GetArrayViewFromImage(sitk.ReadImage(str(a))) > 0,
-                sitk.GetArrayViewFromImage(sitk.ReadImage(str(b))) > 0)
+    # copies, not views: a view of a temporary image reads freed memory (wrong Dice, or a crash)
+    return dice(sitk.GetArrayFromImage(sitk.ReadImage(str(a))) > 0,
+                sitk.GetArrayFromImage(sitk.ReadImage(str(b))) > 0)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

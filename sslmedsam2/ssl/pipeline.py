@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from sslmedsam2.montage import save_overlay_montage
 from sslmedsam2.orientation import CANONICAL
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
+from sslmedsam2.ssl.export_choice import read_choice
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, gather_cases, loop_summary
 from sslmedsam2.supports import Support
 from sslmedsam2.training import export_model
@@ -120,7 +121,7 @@ def _versions(*names: str) -> dict[str, str | None]:
 
 REPORT_COLUMNS = ("sequence", "step", "engine", "labelled", "pseudo_kept", "pseudo_dropped",
                   "change_dice_mean", "change_dice_min", "labelled_dice_mean", "holdout_dice_mean",
-                  "holdout_hd95_mean", "holdout_cases", "based_on", "seconds")
+                  "holdout_hd95_mean", "holdout_cases", "based_on", "export", "seconds")
 
 
 def write_report(run: SemiSupervisedRun, records: list[StepRecord]) -> Path:
@@ -146,8 +147,17 @@ def write_report(run: SemiSupervisedRun, records: list[StepRecord]) -> Path:
                 save_overlay_montage(read_volume(query.image), masks,
                                      report / f"montage_{sequence}_{query.case}.png", n_slices=4,
                                      title=f"{query.case} {sequence}: pseudo labels by round")
+    choices = [asdict(c) for c in (read_choice(run, s) for s in run.config.data.sequences) if c]
+    if choices:
+        write_text_atomic(json.dumps(choices, indent=2) + "\n", report / "export_choice.json")
     log.info("report: %s", report / "rounds.csv")
     return report
+
+
+def read_choices(report_dir: Path) -> list[dict[str, Any]]:
+    """The export decisions a run's report holds (``export_choice.json``), one per sequence."""
+    path = Path(report_dir) / "export_choice.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRecord]],
@@ -162,6 +172,7 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
         targets = [export_model(Path(folder), staging, sequence, tuple(final.folds or ()), provenance)
                    for folder in [model, *(final.companions or [])]]
         exported[sequence] = {"models": [str(t.relative_to(staging)) for t in targets],
+                              "export": final.export,
                               "folds": final.folds, "trained_on": final.trained_on,
                               "rounds": [r.step for r in records if r.sequence == sequence]}
     copy_supports(run.supports, staging / "supports", run.labelled_sequence)
@@ -192,14 +203,21 @@ def copy_supports(supports: list[Support], target: Path, sequence: str) -> None:
 
 
 def run_summary_table(records: list[StepRecord]) -> str:
-    """The per-round table as aligned text, for the end of the command's log."""
+    """The per-round table as aligned text, for the end of the command's log; the step each
+    sequence exports is marked with *."""
     rows = [["sequence", "step", "engine", "train", "change Dice", "labelled fit", "held-out Dice",
              "HD95 mm", "s"]]
-    rows += [[r.sequence, r.step if not r.based_on else f"{r.step} ({r.based_on})", r.engine,
+    rows += [[r.sequence, _step_label(r, records), r.engine,
               f"{r.labelled}+{r.pseudo_kept}", _cell(r.change_dice_mean), _cell(r.labelled_dice_mean),
               _cell(r.holdout_dice_mean), _cell(r.holdout_hd95_mean, 1), f"{r.seconds:.0f}"]
              for r in records]
     return "\n".join(aligned_table(rows))
+
+
+def _step_label(record: StepRecord, records: list[StepRecord]) -> str:
+    label = record.step if not record.based_on else f"{record.step} ({record.based_on})"
+    last = [r for r in records if r.sequence == record.sequence][-1]
+    return f"{label} *" if record is last else label
 
 
 def _cell(value: Any, digits: int = 4) -> str:

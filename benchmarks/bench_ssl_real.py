@@ -1,0 +1,157 @@
+"""The semi-supervised loop on real patients: labelled-only vs few-shot round 0 vs SSL rounds vs
+fully supervised, cross-validated over a labelled collection.
+
+Default collection: the 14 CHAOS MR T2-SPIR patients in ../shared/data/chaos-mr-t2 (CC BY-NC-SA:
+read in place; the fold folders hold symbolic links, never copies). The patients are split into
+``--folds`` folds (seeded); in each fold the held-out patients are never trained on. The others form
+the training part, of which the first 1 (and 3) of a seeded permutation keep their masks and the
+rest are unlabelled. Arms per fold, all with the same nnU-Net schedule, through ``run_ssl`` (the
+library entry point of ``sslmedsam2 train``), each in its own resumable run folder:
+
+* labelled-only: nnU-Net on the L labelled patients (``engine = none``);
+* SSL: few-shot round 0 (the atlas on the L supports), each nnU-Net round, the final model;
+* fully supervised: nnU-Net on every training patient with its true mask.
+
+Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the raw figures to
+--json. Run it again with the same --work to resume.
+
+    python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
+        [--profile cpu-quick] [--max-rounds 2] [--work runs/bench_ssl_real] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sslmedsam2.datasets import read_collection, require_clean
+from sslmedsam2.ssl.config import build_config
+from sslmedsam2.ssl.loop import StepRecord
+from sslmedsam2.ssl.pipeline import run_ssl
+from sslmedsam2.supports import Support
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
+SEQUENCE = "T2SPIR"
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    patients = require_clean(read_collection(args.data, SEQUENCE)).labelled
+    folds = split_folds(patients, args.folds, args.seed)
+    results = []
+    for index in args.only_folds if args.only_folds is not None else range(args.folds):
+        results += run_fold(index, folds[index], patients, args)
+    print_table(results, args)
+    if args.json:
+        args.json.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
+                                                      for k, v in vars(args).items()},
+                                         "folds": {i: [p.case for p in f] for i, f in enumerate(folds)},
+                                         "results": results}, indent=1) + "\n")
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None)
+    parser.add_argument("--labels", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--profile", default="cpu-quick")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-rounds", type=int, default=2)
+    parser.add_argument("--atlas-method", default="syn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args()
+
+
+def split_folds(patients: list[Support], folds: int, seed: int) -> list[list[Support]]:
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return [[patients[i] for i in part] for part in np.array_split(order, folds)]
+
+
+def run_fold(index: int, held_out: list[Support], patients: list[Support],
+             args: argparse.Namespace) -> list[dict]:
+    """Every arm of one fold; one result row per arm and step."""
+    root = args.work / f"fold{index}"
+    training = [p for p in patients if p not in held_out]
+    order = np.random.default_rng([args.seed, index]).permutation(len(training))
+    holdout = link_collection(root / "holdout", held_out, labelled=held_out)
+    rows = [result_row(index, "fully supervised", len(training), r)
+            for r in arm(root / "fully_supervised", link_collection(
+                root / "train_full", training, labelled=training), holdout, "none", args)]
+    for count in args.labels:
+        labelled = [training[i] for i in order[:count]]
+        train = link_collection(root / f"train_L{count}", training, labelled)
+        rows += [result_row(index, "labelled-only", count, r)
+                 for r in arm(root / f"labelled_only_L{count}", train, holdout, "none", args)]
+        rows += [result_row(index, "SSL", count, r)
+                 for r in arm(root / f"ssl_L{count}", train, holdout, "atlas", args)]
+    return rows
+
+
+def link_collection(folder: Path, cases: list[Support], labelled: list[Support]) -> Path:
+    """A flat collection of symbolic links: every case's image, the masks of ``labelled``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {s.case for s in labelled}
+    for case in cases:
+        for source, tag, wanted in ((case.image, "image", True), (case.mask, "liver", case.case in names)):
+            link = folder / f"{case.case}_{tag}.nii.gz"
+            if wanted and not link.is_symlink():
+                link.symlink_to(source.resolve())
+    return folder
+
+
+def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
+        args: argparse.Namespace) -> list[StepRecord]:
+    schedule = {"profile": args.profile, "folds": ["all"],
+                **({"epochs": args.epochs} if args.epochs else {})}
+    raw = {"data": {"train": str(train), "sequences": [SEQUENCE], "holdout_images": str(holdout)},
+           "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method},
+           "intermediate": schedule, "final": schedule,
+           "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
+                    "device": "cpu"}}
+    started = time.perf_counter()
+    records = run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False).records
+    logging.info("%s: %.0f s this invocation", run_dir, time.perf_counter() - started)
+    return records
+
+
+def result_row(fold: int, arm_name: str, labels: int, record: StepRecord) -> dict:
+    step = "final" if arm_name != "SSL" else record.step
+    return {"fold": fold, "arm": arm_name, "labels": labels, "step": step,
+            "based_on": record.based_on, "train": f"{record.labelled}+{record.pseudo_kept}",
+            "dice": record.holdout_dice_mean, "hd95_mm": record.holdout_hd95_mean,
+            "held_out": record.holdout_cases, "seconds": record.seconds}
+
+
+def print_table(results: list[dict], args: argparse.Namespace) -> None:
+    folds = sorted({r["fold"] for r in results})
+    print(f"\n{args.data}: folds {folds} of {args.folds}; profile {args.profile}; "
+          f"atlas {args.atlas_method}; held-out Dice / HD95 mean +- sd over folds\n")
+    print("| arm | labels | step | Dice | HD95 mm | folds |\n|---|---|---|---|---|---|")
+    keys = sorted({(r["arm"], r["labels"], r["step"]) for r in results},
+                  key=lambda k: (k[1] if k[0] != "fully supervised" else 99, k[0], k[2]))
+    for key in keys:
+        sel = [r for r in results if (r["arm"], r["labels"], r["step"]) == key and r["dice"] is not None]
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {_ms([r['dice'] for r in sel], 4)} | "
+              f"{_ms([r['hd95_mm'] for r in sel], 1)} | {len(sel)} |")
+
+
+def _ms(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} +- {sd:.{digits}f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""ANTs SyN, the atlas engine's deformable method, on real patients: it must beat the affine where
+the anatomy differs (two CHAOS patients, read in place from ../shared), return a soft mask on
+the query's own grid, and be chosen by ``auto`` only within one sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import reoriented
+from sslmedsam2.atlas import AtlasConfig, for_sequences, propagate
+from sslmedsam2.metrics import compute_metrics
+
+CHAOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
+
+
+def _patient(number: str, z: slice = slice(None)) -> tuple[sitk.Image, sitk.Image]:
+    image = sitk.ReadImage(str(CHAOS / f"chaos_mr_t2_{number}_image.nii.gz"))
+    mask = sitk.ReadImage(str(CHAOS / f"chaos_mr_t2_{number}_liver.nii.gz"))
+    return image[:, :, z], mask[:, :, z]
+
+
+def _dice(fused: np.ndarray, mask: sitk.Image) -> float:
+    truth = sitk.GetArrayFromImage(mask) > 0
+    return compute_metrics(fused, truth, mask.GetSpacing()[::-1]).dice
+
+
+def test_syn_beats_the_affine_across_two_patients():
+    """Patient 34 labels patient 01: livers of 1.4 and 1.8 litres, shapes an affine map cannot
+    carry onto each other (0.80 affine, 0.87 SyN when measured). Cropped to the liver's slices
+    to keep the test short."""
+    query, truth = _patient("01", slice(10, 37))
+    support = _patient("34", slice(8, 33))
+    syn = propagate(query, [support], AtlasConfig(method="syn"))
+    affine = propagate(query, [support], AtlasConfig(method="affine"))
+    assert syn.mask.shape == affine.mask.shape == query.GetSize()[::-1]
+    assert 0.0 <= syn.probability.min() and syn.probability.max() <= 1.0
+    assert _dice(syn.mask, truth) > _dice(affine.mask, truth)
+
+
+def test_syn_output_stays_on_an_oblique_flipped_query_grid():
+    query, truth = _patient("01", slice(14, 30))
+    support = _patient("34", slice(12, 28))
+    for kind in ("flipped", "oblique"):
+        moved = reoriented(query, kind)
+        fused = propagate(moved, [support], AtlasConfig(method="syn"))
+        assert fused.mask.shape == moved.GetSize()[::-1] and fused.mask.any()
+
+
+def test_auto_is_syn_within_a_sequence_and_affine_across():
+    assert for_sequences(AtlasConfig(), same_sequence=True).method == "syn"
+    assert for_sequences(AtlasConfig(), same_sequence=False).method == "affine"
+    assert for_sequences(AtlasConfig(), same_sequence=True, thin=True).method == "affine"
+    assert for_sequences(AtlasConfig(method="syn"), same_sequence=False).method == "syn"
