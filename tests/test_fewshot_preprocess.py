@@ -101,7 +101,10 @@ def test_support_masks_are_resized_nearest_to_the_query_plane():
     resized = mask_slices(sitk.GetImageFromArray(mask), axis=0, size=(8, 6))
     assert resized.shape == (3, 8, 6) and resized.dtype == bool
     assert resized[1, :4, :3].all() and not resized[1, 4:].any() and not resized[0].any()
-    assert resize_masks(mask > 0, (4, 4)) is not None
+    same = resize_masks(mask > 0, (4, 4))
+    assert same.dtype == bool and np.array_equal(same, mask > 0)  # sizes agree: unchanged
+    doubled = resize_masks(mask > 0, (8, 8))
+    assert np.array_equal(doubled, (mask > 0).repeat(2, axis=1).repeat(2, axis=2))
 
 
 def test_axial_axis_needs_3d():

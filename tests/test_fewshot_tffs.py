@@ -17,6 +17,7 @@ from PIL import Image
 from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint
 from sslmedsam2.fewshot.propagation import (
     OBJ_ID,
+    _track,
     EncodedFrames,
     EncoderCounter,
     new_inference_state,
@@ -158,8 +159,10 @@ def test_cond_frame_limit_is_restored(predictor, case):
         TFFSConfig(max_cond_frames_in_attn=1)
 
 
-def test_forward_and_backward_both_cover_a_middle_query_slice(predictor):
-    """Frames between the prompted ones get the mean of both directions; outer ones only one."""
+def test_each_query_slice_comes_from_the_direction_that_reaches_it(predictor):
+    """The support block is contiguous, so query slices before it are reached only going back
+    and those after it only going forward: each gets exactly that direction's logits (the mean
+    of both, merge_directions' other case, is tested in test_fewshot_videos)."""
     query = torch.randn(3, 3, SIZE, SIZE)
     support = torch.randn(2, 3, SIZE, SIZE)
     masks = np.zeros((2, 12, 12), bool)
@@ -171,6 +174,14 @@ def test_forward_and_backward_both_cover_a_middle_query_slice(predictor):
         logits = propagate_video(predictor, video, inputs)
     assert logits.shape == (3, 12, 12) and logits.dtype == torch.float32
     assert counter.frames > len(video.frames)  # the naive path re-encodes
+    keep = set(video.query_frames)
+    forward = _track(predictor, video, inputs, reverse=False, keep=keep)
+    backward = _track(predictor, video, inputs, reverse=True, keep=keep)
+    covered = [[d[f] for d in (forward, backward) if f in d] for f in video.query_frames]
+    assert [len(c) for c in covered] == [1, 1, 1]
+    assert 0 in backward and {3, 4} <= set(forward)  # video: q0, s0, s1, q1, q2
+    for row, (only,) in enumerate(covered):
+        torch.testing.assert_close(logits[row], only)
 
 
 def test_state_has_the_fields_init_state_creates(predictor, tmp_path: Path):
