@@ -5,8 +5,8 @@ Self-training can end below a model trained on the labelled cases only (pseudo l
 few-shot engine that fails on some anatomy teach those failures). Which of the two generalises
 better is measured by cross-validation over the labelled cases (``loop.choose_export_folds``
 groups; leave-one-out when there are that few): for each group, both training sets are rebuilt
-without it (the SSL one keeps its pseudo-labelled cases), trained with the final schedule on one
-fold, and scored on the group's own masks. The held-out split is never looked at. With fewer than
+without it (the SSL one keeps its pseudo-labelled cases), trained with the rounds' (intermediate)
+schedule on one fold, the cheaper of the two, and scored on the group's own masks. The held-out split is never looked at. With fewer than
 two labelled cases nothing can be measured: the SSL model is exported, and the report says it is
 unchecked. Cost: two trainings per group.
 """
@@ -112,10 +112,10 @@ def rebuild_training_set(cases: "SequenceCases", trained_on: list[str],
 def _left_out_dice(run: "SemiSupervisedRun", cases: "SequenceCases", training: list[Support],
                    left_out: list[Support], folder: Path, number: int,
                    ignore: bool) -> dict[str, float]:
-    """Train on ``training`` (final schedule, one fold), segment ``left_out``, score their masks."""
+    """Train on ``training`` (intermediate schedule, one fold), segment ``left_out``, score them."""
     from sslmedsam2.ssl.loop import mask_dice
 
-    profile = replace(run.config.final.resolve(len(training)), folds=("all",))
+    profile = replace(run.config.intermediate.resolve(len(training)), folds=("all",))
     model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
                        run.config.loop.dataset_id, run.device, available_cpus(), ignore=ignore,
                        executor=run.executor, seed=run.config.loop.seed + 200 + number)
