@@ -164,7 +164,9 @@ def test_ssl_loop_runs_on_a_plain_collection_and_serves_plain_inputs(plain_colle
     raw = {"data": {"train": str(train), "sequences": ["T2"], "holdout_images": str(holdout)},
            "pseudo_labels": {"engine": "atlas", "atlas_method": "affine", "max_components": 0,
                              "min_volume_ml": 0},
-           "intermediate": tiny, "final": tiny, "loop": {"max_rounds": 1, "device": "cpu"}}
+           "intermediate": tiny, "final": tiny,
+           # the export choice has its own tests (test_export_choice.py)
+           "loop": {"max_rounds": 1, "device": "cpu", "choose_export": False}}
     result = run_ssl(build_config(raw, tmp_path), tmp_path / "run", progress=False)
     steps = [(r.sequence, r.step, r.labelled) for r in result.records]
     assert steps == [("T2", "round_00", 2), ("T2", "round_01", 2), ("T2", "final", 2)]

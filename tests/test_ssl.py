@@ -85,8 +85,8 @@ def test_train_with_a_read_only_home_keeps_caches_in_a_temp_folder(tmp_path):
     ({"data": {"train": "x"}, "pseudo_labels": {"engine": "sam2"}}, "needs pseudo_labels.checkpoint"),
     ({"data": {"train": "x"}, "pseudo_labels": {"engine": "magic"}}, "choose from atlas, sam2, none"),
     ({"data": {"train": "x", "sequences": ["GED4", "T1"]}, "pseudo_labels": {"engine": "none"}},
-     "only GED4 has labels"),
-    ({"data": {"train": "x", "holdout_images": "y"}}, "go together"),
+     "one sequence has labels"),
+    ({"data": {"train": "x", "holdout_labels": "y"}}, "holdout_labels needs data.holdout_images"),
 ])
 def test_bad_configs_say_what_is_wrong(raw, message, tmp_path):
     with pytest.raises(UsageError, match=None) as caught:

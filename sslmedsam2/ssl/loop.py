@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -190,11 +190,21 @@ class SemiSupervisedRun:
         self.progress = progress
         self.executor = executor or LocalExecutor()
         self.device = resolve_device(config.loop.device)
-        self.supports = training_supports(config)
-        self.labelled_sequence = labelled_sequence(config)
-        self._fewshot = partial(fewshot_engine, config, self.supports)
         # the engine last built in this process and its recipe: reused while steps ask for it
         self._built: tuple[EngineRecipe, Engine] | None = None
+
+    # the collection is read when a step needs it, not when the run is configured
+    @cached_property
+    def supports(self) -> list[Support]:
+        return training_supports(self.config)
+
+    @cached_property
+    def labelled_sequence(self) -> str:
+        return labelled_sequence(self.config)
+
+    @cached_property
+    def _fewshot(self) -> EngineRecipe:
+        return partial(fewshot_engine, self.config, self.supports)
 
     # -- the loop -------------------------------------------------------------------------
     def run_sequence(self, sequence: str) -> tuple[list[StepRecord], Path]:
