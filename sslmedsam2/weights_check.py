@@ -18,7 +18,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from sslmedsam2.engines.nnunet import CHECKPOINT, ModelFolder, discover_models, model_folder
+from sslmedsam2.engines.nnunet import CHECKPOINT, ModelFolder, discover_models
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.fewshot.checkpoint_file import check_archive
 from sslmedsam2.fewshot.checkpoints import checkpoint_files
