@@ -18,9 +18,15 @@ CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Our log lines at INFO on stderr; other libraries only at WARNING unless --verbose."""
+    """Our log lines at INFO on stderr; other libraries only at WARNING unless --verbose, and
+    their deprecation warnings only with --verbose (run logs keep them)."""
+    from sslmedsam2.training_display import ConsoleFilter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    if not verbose:
+        handler.addFilter(ConsoleFilter())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -175,6 +181,7 @@ def run_train(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
     from sslmedsam2.ssl.pipeline import read_choices, run_ssl, run_summary_table
+    from sslmedsam2.training_display import run_log
 
     if args.print_config:
         sys.stdout.write(TEMPLATE)
@@ -195,8 +202,9 @@ def run_train(args: argparse.Namespace) -> int:
             section, _, key = dotted.partition(".")
             raw.setdefault(section, {})[key] = value
         config = build_config(raw, Path.cwd())
-    result = run_ssl(config, args.run, args.weights, progress=not args.quiet,
-                     executor=make_executor(executor_config(args)))
+    with run_log(Path(args.run) / "train.log"):
+        result = run_ssl(config, args.run, args.weights, progress=not args.quiet,
+                         executor=make_executor(executor_config(args)))
     print(run_summary_table(result.records))
     for choice in read_choices(result.report_dir):
         print(f"{choice['sequence']}: exported the {choice['exported']} model (*): {choice['reason']}")
@@ -208,6 +216,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_reproduce(args: argparse.Namespace) -> int:
     from sslmedsam2.reproduce import ReproduceSettings, reproduce
     from sslmedsam2.ssl.config import load_config
+    from sslmedsam2.training_display import run_log
 
     overrides = {key: value for key, value in (
         ("data.train", str(args.train_root.resolve())),
@@ -221,9 +230,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
             raise
         raise UsageError(f"{exc}: pass --checkpoint MedSAM2_latest.pt, or --engine atlas to "
                          "rehearse without one (not the paper's method)") from None
-    reproduce(ReproduceSettings(config=config, val_root=args.val_root, work=args.work,
-                                val_gt=args.val_gt, stand_in=args.engine, dry_run=args.dry_run,
-                                progress=not args.quiet, executor=executor_config(args)))
+    with run_log(Path(args.work) / "reproduce.log"):
+        reproduce(ReproduceSettings(config=config, val_root=args.val_root, work=args.work,
+                                    val_gt=args.val_gt, stand_in=args.engine, dry_run=args.dry_run,
+                                    progress=not args.quiet, executor=executor_config(args)))
     return 0
 
 
@@ -368,7 +378,10 @@ def add_schedule_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rounds", type=int, default=None, help="override [loop] max_rounds")
     parser.add_argument("--device", default=None, help="override [loop] device (auto, cpu, cuda)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and nnU-Net's full per-epoch output on the terminal "
+                             "(by default it goes to fold_<fold>.log beside each model, and the "
+                             "terminal shows one progress bar per fold)")
 
 
 def schedule_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:

@@ -32,6 +32,7 @@ from sslmedsam2.runtime import (available_cpus, configure_threads, quiet_stdout,
                                 scoped_environ, seed_everything)
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
+from sslmedsam2.training_display import attach_epoch_bar, fold_output
 
 log = logging.getLogger(__name__)
 
@@ -166,26 +167,30 @@ def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes
     return plans
 
 
-def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProfile, device) -> Path:
-    """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote."""
+def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProfile, device,
+               log_path: Path, label: str, show_progress: bool = True) -> Path:
+    """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote.
+
+    nnU-Net's own output goes to ``log_path``; the terminal gets a progress bar and warnings
+    (see :mod:`sslmedsam2.training_display`)."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    with quiet_stdout():  # the trainer lookup and the trainer announce themselves on stdout
+    with fold_output(log_path, label):
         trainer_class = recursive_find_trainer_class_by_name(profile.trainer)
         # nnU-Net 2.8 passes the resume flag inside the plans dict
         trainer = trainer_class(plans={**plans, "continue_training": False},
                                 configuration=profile.configuration,
                                 fold=fold if fold == "all" else int(fold), dataset_json=dataset_json,
                                 device=device)
-    trainer.num_epochs = profile.epochs
-    trainer.num_iterations_per_epoch = profile.iterations_per_epoch
-    trainer.num_val_iterations_per_epoch = profile.val_iterations_per_epoch
-    trainer.save_every = max(1, profile.epochs)
-    # augmentation in the main process: worker pools die under small shared memory and gain
-    # nothing on 2 cores. nnU-Net's per-epoch lines (losses, pseudo Dice, epoch time) stay on
-    # stdout: they are the progress report of a long training.
-    with scoped_environ(nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0")):
-        trainer.run_training()
+        trainer.num_epochs = profile.epochs
+        trainer.num_iterations_per_epoch = profile.iterations_per_epoch
+        trainer.num_val_iterations_per_epoch = profile.val_iterations_per_epoch
+        trainer.save_every = max(1, profile.epochs)
+        # augmentation in the main process: worker pools die under small shared memory and gain
+        # nothing on 2 cores
+        with attach_epoch_bar(trainer, label, show_progress), \
+                scoped_environ(nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0")):
+            trainer.run_training()
     return Path(trainer.output_folder_base)
 
 
@@ -213,8 +218,12 @@ _DONE = ".sslmedsam2-done"
 
 def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, sequence: str,
                dataset_id: int, device, num_processes: int, ignore: bool = False,
-               executor: Executor | None = None, seed: int | None = None) -> Path:
+               executor: Executor | None = None, seed: int | None = None, label: str = "",
+               show_progress: bool = True) -> Path:
     """Raw dataset -> plan/preprocess -> every fold of ``profile``; returns the model folder.
+
+    Each fold shows a progress bar named ``label`` (default: the sequence) unless
+    ``show_progress`` is off; nnU-Net's output goes to ``work_dir/fold_<fold>.log``.
 
     Folds go to ``executor`` as one task each (default: here, one after another), fold k seeded
     with ``seed + k`` wherever it runs (fold ``all``: ``seed``). Resumable:
@@ -242,8 +251,8 @@ def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, s
     executor = executor or LocalExecutor()
     where = executor.fold_device(str(device))
     seconds = executor.run_tasks(
-        train_fold_task, [(work_dir, dataset_name, fold, profile, where, fold_seed(seed, fold))
-                          for fold in todo],
+        train_fold_task, [(work_dir, dataset_name, fold, profile, where, fold_seed(seed, fold),
+                           f"{label or sequence} fold {fold}", show_progress) for fold in todo],
         desc=f"{sequence} folds")
     for fold, took in zip(todo, seconds):
         log.info("%s fold %s trained in %.0f s", sequence, fold, took)
@@ -255,7 +264,8 @@ def fold_seed(seed: int | None, fold: str) -> int | None:
 
 
 def train_fold_task(work_dir: Path, dataset_name: str, fold: str, profile: TrainingProfile,
-                    device: str, seed: int | None = None) -> float:
+                    device: str, seed: int | None = None, label: str = "",
+                    show_progress: bool = True) -> float:
     """One fold of a planned dataset under ``work_dir``, then its done marker; returns seconds.
     Reads the preprocessed data and plans, writes only ``fold_<fold>/`` (and nnU-Net's copies
     of plans.json and dataset.json beside it), so folds can train at once on different nodes."""
@@ -267,7 +277,8 @@ def train_fold_task(work_dir: Path, dataset_name: str, fold: str, profile: Train
         shutil.rmtree(model_folder / f"fold_{fold}", ignore_errors=True)
         if seed is not None:
             seed_everything(seed)
-        train_fold(plans, dataset_json, fold, profile, resolve_device(device))
+        train_fold(plans, dataset_json, fold, profile, resolve_device(device),
+                   Path(work_dir) / f"fold_{fold}.log", label or f"fold {fold}", show_progress)
         (model_folder / f"fold_{fold}" / _DONE).touch()
     return time.perf_counter() - started
 

@@ -118,7 +118,8 @@ def _left_out_dice(run: "SemiSupervisedRun", cases: "SequenceCases", training: l
     profile = replace(run.config.intermediate.resolve(len(training)), folds=("all",))
     model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
                        run.config.loop.dataset_id, run.device, available_cpus(), ignore=ignore,
-                       executor=run.executor, seed=run.config.loop.seed + 200 + number)
+                       executor=run.executor, seed=run.config.loop.seed + 200 + number,
+                       label=f"{cases.sequence} {folder.name}", show_progress=run.progress)
     engine = run._nnunet_engine(cases.sequence, model, profile)
     queries = [Query(s.case, s.image, s.vendor) for s in left_out]
     run._label(engine, queries, folder / "prediction", cases.sequence, largest_only=True)

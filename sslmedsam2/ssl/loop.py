@@ -388,7 +388,8 @@ class SemiSupervisedRun:
             models.append(str(fit_nnunet(
                 training, folder / f"nnunet_{configuration}", replace(profile, configuration=configuration),
                 cases.sequence, self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore,
-                executor=self.executor, seed=self.config.loop.seed + 99)))
+                executor=self.executor, seed=self.config.loop.seed + 99,
+                label=f"{cases.sequence} final {configuration}", show_progress=self.progress)))
         return models
 
     # -- pieces -----------------------------------------------------------------------------
@@ -419,7 +420,8 @@ class SemiSupervisedRun:
         ignore = self.config.pseudo_labels.ignore_uncertainty_above is not None and bool(kept)
         model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
                            self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore,
-                           executor=self.executor, seed=self.config.loop.seed + number)
+                           executor=self.executor, seed=self.config.loop.seed + number,
+                           label=f"{cases.sequence} {folder.name}", show_progress=self.progress)
         record.model, record.folds = str(model), list(profile.folds)
         record.trained_on = [c.case for c in training]
         return model, profile
