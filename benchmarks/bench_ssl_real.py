@@ -16,7 +16,8 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 --json. Run it again with the same --work to resume.
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
-        [--profile cpu-quick] [--max-rounds 2] [--work runs/bench_ssl_real] [--json FILE]
+        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export]
+        [--work runs/bench_ssl_real] [--json FILE]
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--atlas-method", default="syn")
+    parser.add_argument("--choose-export", action="store_true",
+                        help="let SSL arms run the loop's export choice (4 more trainings per arm "
+                             "with >= 2 labels); off, an SSL arm's final row is the SSL model itself")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
     parser.add_argument("--json", type=Path, default=None)
@@ -118,7 +122,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
            "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
-                    "device": "cpu"}}
+                    "device": "cpu", "choose_export": args.choose_export}}
     started = time.perf_counter()
     records = run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False).records
     logging.info("%s: %.0f s this invocation", run_dir, time.perf_counter() - started)
