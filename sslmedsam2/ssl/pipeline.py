@@ -25,6 +25,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from sslmedsam2 import __version__
+from sslmedsam2.datasets import read_collection
 from sslmedsam2.errors import UsageError
 from sslmedsam2.evaluation import aligned_table
 from sslmedsam2.executors import Executor
@@ -35,7 +36,7 @@ from sslmedsam2.orientation import CANONICAL
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.export_choice import read_choice
-from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, gather_cases, loop_summary
+from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, loop_summary
 from sslmedsam2.supports import Support
 from sslmedsam2.training import export_model
 
@@ -136,7 +137,9 @@ def write_report(run: SemiSupervisedRun, records: list[StepRecord]) -> Path:
     write_text_atomic(buffer.getvalue(), report / "rounds.csv")
     for sequence in run.config.data.sequences:
         steps = [r.step for r in records if r.sequence == sequence and r.step != "final"]
-        cases = gather_cases(run.config, sequence).unlabelled[: run.config.loop.montage_cases]
+        # the run has checked the collection already: read it again quietly
+        unlabelled = read_collection(run.config.data.train, sequence, run.config.data.layout).unlabelled
+        cases = unlabelled[: run.config.loop.montage_cases]
         for query in cases:
             masks = {}
             for step in steps:
