@@ -31,30 +31,40 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PATH="/opt/venv/bin:$PATH"
 
+# Everything is installed from the hash locks in requirements/ (scripts/lock.sh writes them from
+# pyproject.toml's pins): pip refuses any file whose sha256 they do not list. Where a step names
+# packages, the lock (-c) gives their versions and hashes. build.lock goes first, with -r: the base
+# image's pip cannot read hashes from a constraints file; the locked pip can.
+WORKDIR /tmp/build
+COPY requirements/ ./requirements/
 RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir pip==26.3 setuptools==84.2.1 wheel==0.48.0
+    && pip install --no-cache-dir --require-hashes -r requirements/build.lock
 
 # 1. torch first: sam2's setup.py imports torch, and the versions must be the pinned ones.
 # 2. sam2 is an sdist. --no-build-isolation builds it against the torch above (otherwise pip pulls a
 #    second torch into a throw-away build env); SAM2_BUILD_CUDA=0 skips its optional CUDA extension
-#    (only used for mask hole filling; sam2 warns and carries on without it).
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 \
-    && SAM2_BUILD_CUDA=0 pip install --no-cache-dir --no-build-isolation sam2==1.1.0
+#    (only used for mask hole filling; sam2 warns and carries on without it). --no-deps: its
+#    dependencies come with the rest of the lock in step 3.
+RUN pip install --no-cache-dir --require-hashes -c requirements/base.lock \
+        torch==2.14.1 torchvision==0.29.1 \
+    && SAM2_BUILD_CUDA=0 pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation \
+        -c requirements/sam2.lock sam2==1.1.0
 
-# 3. The package's other pinned dependencies, read from pyproject.toml so the pins live in one place.
-#    A layer of its own: editing the code does not reinstall them.
-WORKDIR /tmp/build
+# 3. The rest of the lock, once scripts/check_lock.py has found the locks in agreement with
+#    pyproject.toml (else one line names the stale lock and the fix). A layer of its own: editing
+#    the code does not reinstall them.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
-    && pip install --no-cache-dir -r requirements.txt
+COPY scripts/check_lock.py ./scripts/
+RUN python scripts/check_lock.py \
+    && pip install --no-cache-dir --require-hashes -r requirements/base.lock
 
-# 4. The package itself. README.md* (a glob) because pyproject names it as the readme but a missing
-#    README must not break the build.
+# 4. The package itself, without its dependencies (all installed above) and without build isolation
+#    (setuptools and wheel come from the lock). README.md* (a glob) because pyproject names it as
+#    the readme but a missing README must not break the build.
 COPY pyproject.toml README.md* ./
 COPY sslmedsam2/ ./sslmedsam2/
 #    The import check runs isolated (-I: not from ./sslmedsam2) so it tests what was installed.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -I -c "import sslmedsam2, sam2, nnunetv2, SimpleITK"
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Create or update ./.venv with the pinned stack. Idempotent: does nothing when the pins and this
-# script are unchanged since the last successful run.
+# Create or update ./.venv with the locked stack. Idempotent: does nothing when the pins, the locks
+# and this script are unchanged since the last successful run.
 #
-# Order matters: torch first (PyPI's 2.14.1 build, which also runs on CPU), then sam2 built
-# against it without CUDA kernels and without an isolated build env (which would pull torch again),
-# then this package and its remaining pins.
+# Everything comes from the hash locks in requirements/ (scripts/lock.sh writes them from
+# pyproject.toml; pip refuses any file whose sha256 they do not list). Order matters: pip and the
+# build tools first (build.lock); then, once the locks are checked against pyproject, dev.lock:
+# torch (PyPI's 2.14.1 build, which also runs on CPU) and every other dependency; then sam2 built
+# against that torch without CUDA kernels and without an isolated build env (which would pull
+# torch again); then this package, whose dependencies are all in place by then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +15,7 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 VENV=${VENV:-.venv}
 STAMP="$VENV/.sslmedsam2-setup"
-want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup_env.sh requirements/*.lock | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     echo "environment $VENV is up to date"
@@ -26,10 +29,12 @@ pip() {
 }
 
 echo "installing into $VENV (torch, sam2, nnU-Net: a few minutes the first time)"
-pip install -q --upgrade pip setuptools wheel
-pip install -q torch==2.14.1 torchvision==0.29.1
-SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation sam2==1.1.0
-pip install -q -e ".[test]"
+pip install -q --require-hashes -r requirements/build.lock
+# A lock that disagrees with pyproject.toml: one line naming it and the fix, before the big install.
+"$VENV/bin/python" scripts/check_lock.py
+pip install -q --require-hashes -r requirements/dev.lock
+SAM2_BUILD_CUDA=0 pip install -q --require-hashes --no-deps --no-build-isolation -r requirements/sam2.lock
+pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import torch, sam2, nnunetv2, SimpleITK, grand_challenge_metrics, sslmedsam2"
 echo "$want" > "$STAMP"
 echo "environment ready: $VENV"
