@@ -4,6 +4,7 @@ so ``--help`` answers instantly."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -230,7 +231,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
             raise
         raise UsageError(f"{exc}: pass --checkpoint MedSAM2_latest.pt, or --engine atlas to "
                          "rehearse without one (not the paper's method)") from None
-    with run_log(Path(args.work) / "reproduce.log"):
+    # a dry run writes nothing, not even its log
+    with contextlib.nullcontext() if args.dry_run else run_log(Path(args.work) / "reproduce.log"):
         reproduce(ReproduceSettings(config=config, val_root=args.val_root, work=args.work,
                                     val_gt=args.val_gt, stand_in=args.engine, dry_run=args.dry_run,
                                     progress=not args.quiet, executor=executor_config(args)))

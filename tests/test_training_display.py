@@ -62,14 +62,14 @@ def test_console_filter_keeps_deprecations_in_the_run_log_only(tmp_path):
     handler.addFilter(ConsoleFilter())
     root = logging.getLogger()
     root.addHandler(handler)
-    logging.captureWarnings(True)
+    # what logging.captureWarnings turns a warning into (the CLI turns it on for the process)
+    captured = logging.getLogger("py.warnings")
     try:
-        with run_log(tmp_path / "train.log"), warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.warn("pkg_resources is deprecated", DeprecationWarning)
-            warnings.warn("mask has holes", UserWarning)
+        with run_log(tmp_path / "train.log"):
+            for message, category in (("pkg_resources is deprecated", DeprecationWarning),
+                                      ("mask has holes", UserWarning)):
+                captured.warning("%s", warnings.formatwarning(message, category, "lib.py", 1))
     finally:
-        logging.captureWarnings(False)
         root.removeHandler(handler)
     logged = (tmp_path / "train.log").read_text()
     assert "pkg_resources is deprecated" in logged and "mask has holes" in logged
