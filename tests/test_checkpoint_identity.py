@@ -305,3 +305,18 @@ def test_check_weights_reports_files_and_sequences(tmp_path, example_dataset):
             "1,310,720 bytes, expected 156,040,129") in cli.stdout
     assert "GED4     nnunet 3d_fullres (folds 0) BROKEN; then sam2 BROKEN checkpoint" in cli.stdout
     assert "not used: another file comes first" in cli.stdout
+
+
+@needs_shared
+def test_the_weights_manifest_names_the_pseudo_label_checkpoint_by_content(tmp_path):
+    from sslmedsam2.ssl.config import build_config
+    from sslmedsam2.ssl.pipeline import pseudo_label_source
+
+    checkpoint = save_layout(tmp_path / "medsam2_finetune.pt", shared_layout("tiny"))
+    config = build_config({"data": {"train": str(tmp_path)},
+                           "pseudo_labels": {"engine": "sam2", "checkpoint": str(checkpoint)}}, tmp_path)
+    source = pseudo_label_source(config)
+    assert source == f"sam2, {identify_checkpoint(checkpoint).describe()}"
+    assert source.startswith("sam2, medsam2_finetune.pt, recognised by its tensors: ")
+    atlas = build_config({"data": {"train": str(tmp_path)}}, tmp_path)
+    assert pseudo_label_source(atlas) == f"atlas ({atlas.pseudo_labels.atlas_method})"

@@ -163,6 +163,19 @@ def read_choices(report_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def pseudo_label_source(config: SSLConfig) -> str:
+    """What made round 0's labels, for the manifest: the engine and, for SAM2, what its
+    checkpoint is by content ("MedSAM2_latest.pt, official, sha256 ok: ...")."""
+    labels = config.pseudo_labels
+    if labels.engine == "atlas":
+        return f"atlas ({labels.atlas_method})"
+    if labels.engine != "sam2" or labels.checkpoint is None:
+        return labels.engine
+    from sslmedsam2.fewshot.identity import identify_checkpoint
+
+    return f"sam2, {identify_checkpoint(labels.checkpoint).describe()}"
+
+
 def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRecord]],
                    records: list[StepRecord], weights_dir: Path) -> Path:
     """Assemble the deployable weights folder beside the target, then swap it in whole."""
@@ -183,7 +196,7 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
         "sslmedsam2": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run.run_dir), "config": run.config.to_dict(), "models": exported,
         "supports": [s.case for s in run.supports], "orientation": CANONICAL,
-        "report": loop_summary(records)})
+        "pseudo_labels": pseudo_label_source(run.config), "report": loop_summary(records)})
     old = weights_dir.with_name(f".{weights_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if weights_dir.exists():
