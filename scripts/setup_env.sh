@@ -34,7 +34,8 @@ pip install -q --require-hashes -r requirements/build.lock
 "$VENV/bin/python" scripts/check_lock.py
 pip install -q --require-hashes -r requirements/dev.lock
 SAM2_BUILD_CUDA=0 pip install -q --require-hashes --no-deps --no-build-isolation -r requirements/sam2.lock
-pip install -q --no-deps --no-build-isolation -e .
+# setuptools notices about editable installs are not for users of this script
+PYTHONWARNINGS=ignore pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import torch, sam2, nnunetv2, SimpleITK, grand_challenge_metrics, sslmedsam2"
 echo "$want" > "$STAMP"
 echo "environment ready: $VENV"
