@@ -116,10 +116,15 @@ def limit_threads(count: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
 
 
+def debugging() -> bool:
+    """The CLI's ``--verbose``: DEBUG on our logger (third-party output is then shown too)."""
+    return logging.getLogger("sslmedsam2").isEnabledFor(logging.DEBUG)
+
+
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """nnU-Net prints banners and notices to stdout; keep stdout for results unless debugging."""
-    if logging.getLogger("sslmedsam2").isEnabledFor(logging.DEBUG):
+    if debugging():
         yield
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):

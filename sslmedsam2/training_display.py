@@ -22,14 +22,11 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from sslmedsam2.runtime import debugging
+
 #: Warnings about other libraries' future changes: nothing a user of this tool can act on.
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 _WARNING_LINE = re.compile(r"\bwarning\b", re.IGNORECASE)
-
-
-def verbose_training() -> bool:
-    """The CLI's ``--verbose``: DEBUG on our logger."""
-    return logging.getLogger("sslmedsam2").isEnabledFor(logging.DEBUG)
 
 
 class _FoldStream(io.TextIOBase):
@@ -65,7 +62,7 @@ def _warning_router(log_file: TextIO, label: str):
 @contextlib.contextmanager
 def fold_output(log_path: Path, label: str) -> Iterator[None]:
     """Route a fold's stdout and Python warnings to ``log_path`` (unless verbose)."""
-    if verbose_training():
+    if debugging():
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +76,7 @@ def fold_output(log_path: Path, label: str) -> Iterator[None]:
 def attach_epoch_bar(trainer: Any, label: str, show: bool) -> tqdm:
     """A bar advanced by ``trainer`` at the end of each epoch (nnU-Net's ``on_epoch_end``)."""
     bar = tqdm(total=trainer.num_epochs, desc=label, unit="epoch", file=sys.stderr,
-               disable=not show or verbose_training(), leave=True, dynamic_ncols=True)
+               disable=not show or debugging(), leave=True, dynamic_ncols=True)
     finish_epoch = trainer.on_epoch_end
 
     def on_epoch_end() -> None:

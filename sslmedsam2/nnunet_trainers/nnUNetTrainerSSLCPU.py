@@ -3,8 +3,8 @@
 nnU-Net's stock trainer runs 1000 epochs of 250 iterations: GPU days. The semi-supervised loop
 retrains several times, so demos and tests need a schedule that fits in minutes on a laptop-class
 CPU. Augmentation keeps the anatomy's sides (no mirroring, small in-plane rotations: see below);
-everything else (loss, network, optimiser, checkpoint format) is the stock trainer's, which is why a model trained with it loads in any nnU-Net predictor that can find this
-file (``sslmedsam2.nnunet_trainers.trainer_search_path``). The small patch comes from planning with
+everything else (loss, network, optimiser, checkpoint format) is the stock trainer's, which is
+why a model trained with it loads in any nnU-Net predictor that can find this file (``sslmedsam2.nnunet_trainers.trainer_search_path``). The small patch comes from planning with
 a small VRAM target (nnU-Net's own planner keeps patch and network consistent); the loop's config
 can still override epochs and iterations per round.
 
