@@ -16,7 +16,7 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 --json. Run it again with the same --work to resume.
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
-        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export]
+        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -39,6 +39,9 @@ from sslmedsam2.supports import Support
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 SEQUENCE = "T2SPIR"
+#: --fuse: round 0 is the agreement of the atlas and a labelled-only nnU-Net; training ignores
+#: the voxels where they differ (1 bit) and the atlas's own 50/50 boundary
+FUSED = {"fuse_labelled_only": True, "ignore_uncertainty_above": 0.95}
 
 
 def main() -> int:
@@ -71,6 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--choose-export", action="store_true",
                         help="let SSL arms run the loop's export choice (4 more trainings per arm "
                              "with >= 2 labels); off, an SSL arm's final row is the SSL model itself")
+    parser.add_argument("--fuse", action="store_true",
+                        help="SSL arms (named 'SSL fused', own run folders) start from the agreement "
+                             "of the atlas and a labelled-only nnU-Net; the other arms are shared")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
     parser.add_argument("--json", type=Path, default=None)
@@ -97,8 +103,9 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
         train = link_collection(root / f"train_L{count}", training, labelled)
         rows += [result_row(index, "labelled-only", count, r)
                  for r in arm(root / f"labelled_only_L{count}", train, holdout, "none", args)]
-        rows += [result_row(index, "SSL", count, r)
-                 for r in arm(root / f"ssl_L{count}", train, holdout, "atlas", args)]
+        name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
+        rows += [result_row(index, name, count, r)
+                 for r in arm(root / folder, train, holdout, "atlas", args)]
     return rows
 
 
@@ -119,7 +126,8 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
     schedule = {"profile": args.profile, "folds": ["all"],
                 **({"epochs": args.epochs} if args.epochs else {})}
     raw = {"data": {"train": str(train), "sequences": [SEQUENCE], "holdout_images": str(holdout)},
-           "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method},
+           "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method,
+                             **(FUSED if args.fuse and engine != "none" else {})},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
                     "device": "cpu", "choose_export": args.choose_export}}

@@ -173,8 +173,11 @@ def run_make_example(args: argparse.Namespace) -> int:
         out_dir=args.out, cases=args.cases, test_cases=args.test_cases,
         labelled_per_vendor=args.labelled_per_vendor, seed=args.seed,
         variability=args.variability), progress=not args.quiet)
-    log.info("example dataset in %s: training cases in %s, test input in %s, ground truth in %s",
-             dataset.root, dataset.train_dir, dataset.test_input_dir, dataset.ground_truth_dir)
+    log.info("example dataset in %s: %d training cases (%d labelled) in %s, test input in %s, "
+             "ground truth in %s", dataset.root, args.cases,
+             sum(c.labelled for c in dataset.cases), dataset.train_dir.name,
+             dataset.test_input_dir.relative_to(dataset.root),
+             dataset.ground_truth_dir.relative_to(dataset.root))
     return 0
 
 

@@ -581,6 +581,6 @@ def make_example(config: ExampleConfig, progress: bool = True) -> ExampleDataset
     write_text_atomic(_notice(seed), dataset.notice)
     write_text_atomic(_manifest(config, records), dataset.manifest)  # last: marks completion
     (root / _INCOMPLETE_MARKER).unlink(missing_ok=True)
-    log.info("example dataset: %d training (%d labelled) and %d test cases in %s",
+    log.debug("example dataset: %d training (%d labelled) and %d test cases in %s",
              config.cases, sum(c.labelled for c in cases), config.test_cases, root)
     return dataset

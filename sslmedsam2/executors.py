@@ -103,7 +103,8 @@ class LocalExecutor:
         self.runs_here = self.workers == 1
 
     def map_cases(self, worker, items, desc="cases", progress=True, lost=None, finished=None):
-        bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
+        bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress,
+                   leave=False)
         results: list[Any] = [None] * len(items)
         if self.workers == 1 or len(items) <= 1:
             for index, item in enumerate(items):
@@ -215,7 +216,7 @@ class RayExecutor:
         pending: dict[Any, tuple[int, Any]] = {}
         queue = list(enumerate(items))[::-1]
         bar = tqdm(total=len(items), desc=f"{desc} (ray)", unit="case", file=sys.stderr,
-                   disable=not progress)
+                   disable=not progress, leave=False)
         for actor in actors:
             index, item = queue.pop()
             pending[actor.run.remote(item)] = (index, actor)

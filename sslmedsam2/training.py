@@ -32,7 +32,7 @@ from sslmedsam2.runtime import (available_cpus, configure_threads, quiet_stdout,
                                 scoped_environ, seed_everything)
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
-from sslmedsam2.training_display import attach_epoch_bar, fold_output
+from sslmedsam2.training_display import FILE_ONLY, attach_epoch_bar, fold_output
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,8 @@ def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, s
                            f"{label or sequence} fold {fold}", show_progress) for fold in todo],
         desc=f"{sequence} folds")
     for fold, took in zip(todo, seconds):
-        log.info("%s fold %s trained in %.0f s", sequence, fold, took)
+        log.info("%s fold %s trained in %.0f s", label or sequence, fold, took,
+                 extra=FILE_ONLY if show_progress else None)
     return model_folder
 
 

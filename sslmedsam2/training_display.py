@@ -90,11 +90,18 @@ def attach_epoch_bar(trainer: Any, label: str, show: bool) -> tqdm:
     return bar
 
 
+#: ``log.info(..., extra=FILE_ONLY)``: a line the run log keeps and the terminal does not need
+#: (a progress bar on screen already says it)
+FILE_ONLY = {"file_only": True}
+
+
 class ConsoleFilter(logging.Filter):
-    """Keeps other libraries' deprecation warnings (captured by ``logging.captureWarnings``) off
-    the terminal; log files still get them."""
+    """Keeps other libraries' deprecation warnings (captured by ``logging.captureWarnings``) and
+    ``FILE_ONLY`` lines off the terminal; log files still get them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):
+            return False
         if record.name != "py.warnings":
             return True
         text = record.getMessage()

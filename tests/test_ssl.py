@@ -226,6 +226,44 @@ def test_labelled_only_baseline_trains_without_pseudo_labels(ssl_data, tmp_path)
     assert result.records[0].holdout_cases == 2
 
 
+def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tmp_path):
+    """Round 0 trains nnU-Net on the labelled cases, labels every case with both engines and keeps
+    their intersection; the final model is not trained on where they differ."""
+    from sslmedsam2.ssl.loop import SemiSupervisedRun, dice, gather_cases
+
+    raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "min_volume_ml": 1,
+                                              "ignore_uncertainty_above": 0.95},
+                     intermediate={"epochs": 10}, loop={"max_rounds": 0})
+    config = build_config(raw, Path.cwd())
+    result = run_ssl(config, tmp_path / "run", progress=False)
+    zero = result.records[0]
+    assert zero.step == "round_00" and zero.engine == "atlas + labelled-only nnU-Net"
+    folder = tmp_path / "run" / "GED4" / "round_00"
+    run = SemiSupervisedRun(config, tmp_path / "run", progress=False)
+    cases = gather_cases(config, "GED4")
+    fused = run._round_zero_engine(cases, folder)[0]()  # trained already: nothing is retrained
+    query = cases.unlabelled[0]
+    image = sitk.ReadImage(str(query.image))
+    atlas = fused.first.segment(image, "GED4", query.vendor).mask > 0
+    model = fused.second.segment(image, "GED4", query.vendor).mask > 0
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "pseudo" / query.case / "GED4.nii.gz")))
+    doubt = sitk.GetArrayFromImage(sitk.ReadImage(
+        str(folder / "pseudo" / query.case / "GED4_uncertainty.nii.gz")))
+    assert atlas.any() and model.any() and (atlas != model).any()
+    # ANTs' threads may move a few border voxels between two registrations of the same pair
+    assert dice(saved > 0, atlas & model) > 0.98
+    assert (doubt[atlas != model] > 0.9).mean() > 0.95  # ~1 bit: flipped border voxels too
+    assert (saved[doubt == 1.0] == 0).mean() > 0.99  # a full bit of doubt is never kept as liver
+    labels = list((tmp_path / "run" / "GED4" / "final" / "labels").glob("*.nii.gz"))
+    assert any((sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 2).any() for p in labels)
+
+
+def test_fusing_needs_a_few_shot_engine(tmp_path):
+    with pytest.raises(UsageError, match="fuse_labelled_only needs a few-shot engine"):
+        build_config({"data": {"train": "x"},
+                      "pseudo_labels": {"engine": "none", "fuse_labelled_only": True}}, tmp_path)
+
+
 def _toml(raw: dict) -> str:
     lines = []
     for section, values in raw.items():

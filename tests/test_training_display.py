@@ -15,7 +15,7 @@ import torch
 
 from sslmedsam2.supports import Support
 from sslmedsam2.training import PROFILES, fit_nnunet
-from sslmedsam2.training_display import ConsoleFilter, fold_output, run_log
+from sslmedsam2.training_display import FILE_ONLY, ConsoleFilter, fold_output, run_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_verbose_brings_the_whole_stream_back(tmp_path, capsys):
     assert not (tmp_path / "fold_0.log").exists()
 
 
-def test_console_filter_keeps_deprecations_in_the_run_log_only(tmp_path):
+def test_console_filter_keeps_deprecations_and_file_only_lines_in_the_run_log(tmp_path):
     console = io.StringIO()
     handler = logging.StreamHandler(console)
     handler.addFilter(ConsoleFilter())
@@ -69,12 +69,14 @@ def test_console_filter_keeps_deprecations_in_the_run_log_only(tmp_path):
             for message, category in (("pkg_resources is deprecated", DeprecationWarning),
                                       ("mask has holes", UserWarning)):
                 captured.warning("%s", warnings.formatwarning(message, category, "lib.py", 1))
+            logging.getLogger("sslmedsam2.test").warning("fold all trained in 9 s", extra=FILE_ONLY)
     finally:
         root.removeHandler(handler)
     logged = (tmp_path / "train.log").read_text()
     assert "pkg_resources is deprecated" in logged and "mask has holes" in logged
+    assert "fold all trained in 9 s" in logged
     assert "mask has holes" in console.getvalue()
-    assert "pkg_resources" not in console.getvalue()
+    assert "pkg_resources" not in console.getvalue() and "trained in" not in console.getvalue()
 
 
 def test_a_real_fold_shows_one_bar_and_logs_every_epoch(tmp_path, capsys, example_dataset):

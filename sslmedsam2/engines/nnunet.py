@@ -30,6 +30,7 @@ from sslmedsam2.io import volume_array
 from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.nnunet_trainers import trainer_search_path
 from sslmedsam2.runtime import available_cpus, quiet_stdout, resolve_device, scoped_environ
+from sslmedsam2.training_display import FILE_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,11 @@ class NnUNetEngine:
     name = "nnunet"
 
     def __init__(self, weights_dir: Path, options: RuntimeOptions,
-                 models: dict[str, Path] | None = None, with_uncertainty: bool = False) -> None:
+                 models: dict[str, Path] | None = None, with_uncertainty: bool = False,
+                 announce: bool = True) -> None:
         self.weights_dir = Path(weights_dir)
+        #: off: the "loaded" line goes to run logs only (the training loop loads a model per step)
+        self.announce = announce
         self.options = options
         self.models = dict(models or {})
         self.with_uncertainty = with_uncertainty
@@ -221,7 +225,8 @@ class NnUNetEngine:
                 "re-export the model folder or point --weights elsewhere") from None
         log.info("nnunet %s: loaded %s (%s) on %s in %.1f s%s", sequence, choice.model.path.name,
                  choice.describe(), self._device, time.perf_counter() - started,
-                 f" [{choice.reason}]" if choice.reason else "")
+                 f" [{choice.reason}]" if choice.reason else "",
+                 extra=None if self.announce else FILE_ONLY)
         if self.options.time_budget is not None:
             try:
                 self._patch_seconds[sequence] = seconds_per_patch(predictor, self._device)

@@ -52,8 +52,12 @@ class PseudoLabelConfig:
     is labelled from the supports of its own vendor when there are any (the paper); False uses
     every support (better fusion when each vendor has only one or two). ``ignore_uncertainty_above``:
     voxels whose binary entropy (bits, 0..1) exceeds it become nnU-Net's ``ignore`` label (None:
-    off). Whole cases are dropped when their pseudo label is empty, smaller than ``min_volume_ml``,
-    or has more than ``max_components`` connected components of at least 1 ml (None: no limit).
+    off). ``fuse_labelled_only``: round 0 also trains nnU-Net on the labelled cases alone and
+    keeps the liver where it and the few-shot engine agree; where they differ the uncertainty is 1
+    bit, so with ``ignore_uncertainty_above`` set those voxels are not trained on (see
+    ``engines.agreement``). Whole cases are dropped when their pseudo label is empty, smaller than
+    ``min_volume_ml``, or has more than ``max_components`` connected components of at least 1 ml
+    (None: no limit).
     """
 
     engine: str = "atlas"
@@ -63,6 +67,7 @@ class PseudoLabelConfig:
     max_supports: int | None = None
     same_vendor_supports: bool = True
     ignore_uncertainty_above: float | None = None
+    fuse_labelled_only: bool = False
     min_volume_ml: float = 50.0
     max_components: int | None = 3
     largest_component: bool = True
@@ -165,6 +170,8 @@ def check_config(config: SSLConfig) -> None:
                         f"{', '.join(ATLAS_METHODS)})")
     if labels.engine == "sam2" and labels.checkpoint is None:
         problems.append("pseudo_labels.engine = 'sam2' needs pseudo_labels.checkpoint")
+    if labels.fuse_labelled_only and labels.engine == "none":
+        problems.append("pseudo_labels.fuse_labelled_only needs a few-shot engine to fuse with")
     if labels.engine == "none" and len(config.data.sequences) > 1:
         problems.append("pseudo_labels.engine = 'none' trains on labels only: one sequence has labels")
     if labels.ignore_uncertainty_above is not None and not 0 < labels.ignore_uncertainty_above < 1:
@@ -296,6 +303,8 @@ setting = "auto"                  # sam2: auto | paper | cpu-practical
 max_supports = 0                  # 0: no limit
 same_vendor_supports = true       # the query's vendor's supports when it has any (the paper)
 ignore_uncertainty_above = 0      # bits (0..1); voxels above become nnU-Net's ignore label
+fuse_labelled_only = false        # round 0: keep the liver where the few-shot engine and an nnU-Net
+                                  # on the labelled cases agree (their disagreement: 1 bit)
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller
 max_components = 3                # drop cases with more components (>= 1 ml) than this
 largest_component = true          # keep only the largest component of kept pseudo labels

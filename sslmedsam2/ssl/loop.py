@@ -4,7 +4,8 @@ Per sequence, under ``<run>/<SEQ>/``:
 
 * ``round_00``: pseudo labels of every unlabelled case from a few-shot engine (atlas or SAM2),
   with uncertainty maps. Supports are the labelled cases (CARE: the labelled GED4 cases, also for
-  T1/T2/DWI queries).
+  T1/T2/DWI queries). With ``fuse_labelled_only``, an nnU-Net trained here on the labelled cases
+  labels them too, and only the liver both agree on is kept (``engines.agreement``).
 * ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
   labels of the previous round; its fold ensemble predicts every unlabelled case with
   probabilities, which become this round's pseudo labels and uncertainty maps. It also segments
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from sslmedsam2.engines.agreement import AgreementEngine
 from sslmedsam2.engines.base import Engine, RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import SSLMedSAM2Error
@@ -48,6 +50,7 @@ from sslmedsam2.ssl.config import SSLConfig
 from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
 from sslmedsam2.ssl.export_choice import LABELLED_ONLY, SSL, choose_export, rebuild_training_set
 from sslmedsam2.supports import Support
+from sslmedsam2.training_display import FILE_ONLY
 from sslmedsam2.training import TrainingProfile, check_folds, fit_nnunet
 
 log = logging.getLogger(__name__)
@@ -273,8 +276,7 @@ class SemiSupervisedRun:
         if done:
             return done
         started = time.perf_counter()
-        engine = self._fewshot
-        name = self.config.pseudo_labels.engine
+        engine, name = self._round_zero_engine(cases, folder)
         log.info("%s round 0: %s pseudo labels for %d unlabelled case(s) from %d support(s)",
                  cases.sequence, name, len(cases.unlabelled), len(self.supports))
         failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
@@ -283,6 +285,18 @@ class SemiSupervisedRun:
         self._score_holdout(engine, cases, folder, record)
         record.seconds = round(time.perf_counter() - started, 1)
         return write_record(folder, record)
+
+    def _round_zero_engine(self, cases: SequenceCases, folder: Path) -> tuple[EngineRecipe, str]:
+        """The few-shot engine, or (``fuse_labelled_only``) its agreement with an nnU-Net trained
+        here on the labelled cases alone."""
+        name = self.config.pseudo_labels.engine
+        if not self.config.pseudo_labels.fuse_labelled_only:
+            return self._fewshot, name
+        record = StepRecord(sequence=cases.sequence, step="round_00", seconds=0.0, engine="nnunet")
+        model, profile = self._train(cases, None, folder / "labelled_only", self.config.intermediate,
+                                     0, record)
+        partner = self._nnunet_engine(cases.sequence, model, profile)
+        return partial(AgreementEngine.of, self._fewshot, partner), f"{name} + labelled-only nnU-Net"
 
     def _round(self, cases: SequenceCases, number: int) -> StepRecord:
         step = f"round_{number:02d}"
@@ -298,7 +312,7 @@ class SemiSupervisedRun:
                                      record)
         engine = self._nnunet_engine(cases.sequence, model, profile)
         log.info("%s %s: predicting %d unlabelled case(s) with the %s ensemble", cases.sequence,
-                 step, len(cases.unlabelled), ",".join(profile.folds))
+                 step, len(cases.unlabelled), ",".join(profile.folds), extra=FILE_ONLY)
         record.failed = self._label(engine, cases.unlabelled, folder / "pseudo", cases.sequence)
         record.change_dice_mean, record.change_dice_min = change_between(
             previous, folder / "pseudo", cases.unlabelled, cases.sequence)
@@ -430,7 +444,7 @@ class SemiSupervisedRun:
         options = RuntimeOptions(device=self.config.loop.device, folds=tuple(profile.folds),
                                  tta=False)
         return partial(NnUNetEngine, self.run_dir, options, models={sequence: model},
-                       with_uncertainty=True)
+                       with_uncertainty=True, announce=False)
 
     def _label(self, engine: EngineRecipe, queries: list[Query], out_dir: Path, sequence: str,
                largest_only: bool = False) -> list[str]:
