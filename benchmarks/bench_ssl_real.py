@@ -138,7 +138,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
 
 
 def result_row(fold: int, arm_name: str, labels: int, record: StepRecord) -> dict:
-    step = "final" if arm_name != "SSL" else record.step
+    step = record.step if arm_name.startswith("SSL") else "final"
     return {"fold": fold, "arm": arm_name, "labels": labels, "step": step,
             "based_on": record.based_on, "train": f"{record.labelled}+{record.pseudo_kept}",
             "dice": record.holdout_dice_mean, "hd95_mm": record.holdout_hd95_mean,

@@ -101,7 +101,8 @@ class CaseLabeller:
 
 
 def pseudo_label(labeller: CaseLabeller, queries: list[Query], shard: Shard = Shard(),
-                 progress: bool = True, executor: Executor | None = None) -> list[dict]:
+                 progress: bool = True, executor: Executor | None = None,
+                 desc: str = "pseudo labels") -> list[dict]:
     """Label every query of this shard not labelled yet; returns one record per case.
 
     ``labeller.largest_only`` keeps the largest connected component, as ``process.py`` does (the
@@ -121,7 +122,7 @@ def pseudo_label(labeller: CaseLabeller, queries: list[Query], shard: Shard = Sh
         with journal.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    done = executor.map_cases(labeller, todo, desc="pseudo labels", progress=progress,
+    done = executor.map_cases(labeller, todo, desc=desc, progress=progress,
                               lost=labeller.lost, finished=finished)
     by_case = {record["case"]: record for record in done}
     return [by_case.get(q.case) or {"case": q.case, "sequence": labeller.sequence,

@@ -61,12 +61,13 @@ def _warning_router(log_file: TextIO, label: str):
 
 @contextlib.contextmanager
 def fold_output(log_path: Path, label: str) -> Iterator[None]:
-    """Route a fold's stdout and Python warnings to ``log_path`` (unless verbose)."""
+    """Route a fold's stdout and Python warnings to ``log_path`` (unless verbose), line by line
+    so that ``tail -f`` follows the training."""
     if debugging():
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log_file, warnings.catch_warnings():
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log_file, warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = _warning_router(log_file, label)
         with contextlib.redirect_stdout(_FoldStream(log_file, label)):

@@ -451,7 +451,8 @@ class SemiSupervisedRun:
         if not self.config.pseudo_labels.same_vendor_supports:
             queries = [replace(q, vendor=None) for q in queries]  # no vendor: every support
         labeller = CaseLabeller(engine, out_dir, sequence, largest_only, engine=self._local(engine))
-        records = pseudo_label(labeller, queries, progress=self.progress, executor=self.executor)
+        records = pseudo_label(labeller, queries, progress=self.progress, executor=self.executor,
+                               desc=f"{sequence} {out_dir.parent.name} {out_dir.name}")
         return [r["case"] for r in records if r["status"] == "error"]
 
     def _local(self, recipe: EngineRecipe) -> Engine | None:
