@@ -10,6 +10,8 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
 
 * labelled-only: nnU-Net on the L labelled patients (``engine = none``);
 * SSL: few-shot round 0 (the atlas on the L supports), each nnU-Net round, the final model;
+  with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
+  nnU-Net (copied in, not retrained), and training ignores where they disagree;
 * fully supervised: nnU-Net on every training patient with its true mask.
 
 Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the raw figures to
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -104,9 +107,23 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
         rows += [result_row(index, "labelled-only", count, r)
                  for r in arm(root / f"labelled_only_L{count}", train, holdout, "none", args)]
         name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
+        if args.fuse:
+            reuse_labelled_only(root / f"labelled_only_L{count}", root / folder)
         rows += [result_row(index, name, count, r)
                  for r in arm(root / folder, train, holdout, "atlas", args)]
     return rows
+
+
+def reuse_labelled_only(source: Path, target: Path) -> None:
+    """A fused arm's round-0 partner is nnU-Net on the same labelled patients with the same
+    schedule as the labelled-only arm: that arm's finished model is copied in (the loop resumes
+    from it) instead of being trained a second time."""
+    model = source / SEQUENCE / "final" / "nnunet"
+    partner = target / SEQUENCE / "round_00" / "labelled_only" / "nnunet"
+    if partner.exists() or not (model / ".sslmedsam2-done-plan").is_file():
+        return
+    shutil.copytree(model, partner, symlinks=True)
+    logging.info("%s: round 0's labelled-only nnU-Net copied from %s", target, source)
 
 
 def link_collection(folder: Path, cases: list[Support], labelled: list[Support]) -> Path:
