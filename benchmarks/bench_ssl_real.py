@@ -98,19 +98,18 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
     training = [p for p in patients if p not in held_out]
     order = np.random.default_rng([args.seed, index]).permutation(len(training))
     holdout = link_collection(root / "holdout", held_out, labelled=held_out)
-    rows = [result_row(index, "fully supervised", len(training), r)
-            for r in arm(root / "fully_supervised", link_collection(
-                root / "train_full", training, labelled=training), holdout, "none", args)]
+    rows = arm_rows(index, "fully supervised", len(training), root / "fully_supervised",
+                    link_collection(root / "train_full", training, labelled=training), holdout,
+                    "none", args)
     for count in args.labels:
         labelled = [training[i] for i in order[:count]]
         train = link_collection(root / f"train_L{count}", training, labelled)
-        rows += [result_row(index, "labelled-only", count, r)
-                 for r in arm(root / f"labelled_only_L{count}", train, holdout, "none", args)]
+        rows += arm_rows(index, "labelled-only", count, root / f"labelled_only_L{count}", train,
+                         holdout, "none", args)
         name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
         if args.fuse:
             reuse_labelled_only(root / f"labelled_only_L{count}", root / folder)
-        rows += [result_row(index, name, count, r)
-                 for r in arm(root / folder, train, holdout, "atlas", args)]
+        rows += arm_rows(index, name, count, root / folder, train, holdout, "atlas", args)
     return rows
 
 
@@ -154,12 +153,35 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
     return records
 
 
-def result_row(fold: int, arm_name: str, labels: int, record: StepRecord) -> dict:
+def arm_rows(fold: int, arm_name: str, labels: int, run_dir: Path, train: Path, holdout: Path,
+             engine: str, args: argparse.Namespace) -> list[dict]:
+    return [result_row(fold, arm_name, labels, record, run_dir)
+            for record in arm(run_dir, train, holdout, engine, args)]
+
+
+def result_row(fold: int, arm_name: str, labels: int, record: StepRecord, run_dir: Path) -> dict:
     step = record.step if arm_name.startswith("SSL") else "final"
     return {"fold": fold, "arm": arm_name, "labels": labels, "step": step,
             "based_on": record.based_on, "train": f"{record.labelled}+{record.pseudo_kept}",
             "dice": record.holdout_dice_mean, "hd95_mm": record.holdout_hd95_mean,
-            "held_out": record.holdout_cases, "seconds": record.seconds}
+            "held_out": record.holdout_cases, "seconds": record.seconds,
+            "per_patient": per_patient(run_dir / SEQUENCE, record)}
+
+
+def per_patient(sequence_dir: Path, record: StepRecord) -> dict[str, dict]:
+    """Held-out Dice and HD95 per patient of one step (a final model that is a round's model
+    was scored in that round's folder)."""
+    path = sequence_dir / record.step / "holdout_metrics.json"
+    if not path.is_file() and record.based_on:
+        path = sequence_dir / record.based_on / "holdout_metrics.json"
+    if not path.is_file():
+        return {}
+    return {row["case"]: {"dice": _round(row["dice"], 4), "hd95_mm": _round(row["hd95"], 1)}
+            for row in json.loads(path.read_text())}
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
