@@ -233,7 +233,7 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
 
     raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "min_volume_ml": 1,
                                               "ignore_uncertainty_above": 0.95},
-                     intermediate={"epochs": 10}, loop={"max_rounds": 0})
+                     intermediate={"epochs": 10}, final={"epochs": 10}, loop={"max_rounds": 0})
     config = build_config(raw, Path.cwd())
     result = run_ssl(config, tmp_path / "run", progress=False)
     zero = result.records[0]
@@ -255,6 +255,11 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
     assert (doubt[atlas != model] > 0.9).mean() > 0.95  # ~1 bit: flipped border voxels too
     assert (saved[doubt == 1.0] == 0).mean() > 0.99  # a full bit of doubt is never kept as liver
     labels = list((tmp_path / "run" / "GED4" / "final" / "labels").glob("*.nii.gz"))
+    # the export choice's labelled-only model is round 0's partner: found, not trained again
+    fallback, model_dir = run._labelled_only(cases)
+    assert model_dir == Path(fallback.model) and folder / "labelled_only" in model_dir.parents
+    assert fallback.holdout_cases == 2
+    assert not (tmp_path / "run" / "GED4" / "final_labelled_only" / "nnunet").exists()
     assert any((sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 2).any() for p in labels)
 
 

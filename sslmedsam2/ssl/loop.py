@@ -376,12 +376,22 @@ class SemiSupervisedRun:
         started = time.perf_counter()
         record = StepRecord(sequence=cases.sequence, step="final_labelled_only", seconds=0.0,
                             engine="nnunet", labelled=len(cases.labelled), export=LABELLED_ONLY)
-        model, profile = self._train(cases, None, folder, self.config.final, 98, record)
+        model, profile = self._train(cases, None, self._labelled_only_home(cases, folder),
+                                     self.config.final, 98, record)
         self._score_holdout(self._nnunet_engine(cases.sequence, model, profile), cases, folder,
                             record)
         record.companions = self._companions(cases, record, folder / "labels", folder)
         record.seconds = round(time.perf_counter() - started, 1)
         return write_record(folder, record), model
+
+    def _labelled_only_home(self, cases: SequenceCases, folder: Path) -> Path:
+        """Where the labelled-only model trains: in round 0's folder when the fused round 0
+        trained the same model there (same cases, same schedule), which is then found finished."""
+        count = len(cases.labelled)
+        if (self.config.pseudo_labels.fuse_labelled_only
+                and self.config.final.resolve(count) == self.config.intermediate.resolve(count)):
+            return self.step_dir(cases.sequence, "round_00") / "labelled_only"
+        return folder
 
     def _companions(self, cases: SequenceCases, record: StepRecord, labels_dir: Path,
                     folder: Path) -> list[str]:
