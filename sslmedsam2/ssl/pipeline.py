@@ -39,6 +39,7 @@ from sslmedsam2.ssl.export_choice import read_choice
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, loop_summary
 from sslmedsam2.supports import Support
 from sslmedsam2.training import export_model
+from sslmedsam2.training_display import FILE_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def write_report(run: SemiSupervisedRun, records: list[StepRecord]) -> Path:
     choices = [asdict(c) for c in (read_choice(run, s) for s in run.config.data.sequences) if c]
     if choices:
         write_text_atomic(json.dumps(choices, indent=2) + "\n", report / "export_choice.json")
-    log.info("report: %s", report / "rounds.csv")
+    log.info("report: %s", report / "rounds.csv", extra=FILE_ONLY)  # the run's last line says it
     return report
 
 
@@ -203,7 +204,7 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
         os.replace(weights_dir, old)
     os.replace(staging, weights_dir)
     shutil.rmtree(old, ignore_errors=True)
-    log.info("weights exported to %s (%s)", weights_dir, ", ".join(exported))
+    log.info("weights exported to %s (%s)", weights_dir, ", ".join(exported), extra=FILE_ONLY)
     return weights_dir
 
 
