@@ -17,10 +17,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from sslmedsam2.atlas import AtlasConfig
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.engines.atlas import AtlasEngine
-from sslmedsam2.example import ExampleConfig, make_example
-from sslmedsam2.metrics import compute_metrics
+from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.registration.label_propagation import AtlasConfig
 from sslmedsam2.supports import find_supports
 
 

@@ -32,8 +32,8 @@ import ray
 import SimpleITK as sitk
 import torch
 
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.engines.atlas import AtlasEngine
-from sslmedsam2.example import ExampleConfig, make_example
 from sslmedsam2.executors import LocalExecutor, RayExecutor, Resources
 from sslmedsam2.pseudo_label import CaseLabeller, find_queries, pseudo_label
 from sslmedsam2.runtime import available_cpus, limit_threads

@@ -28,10 +28,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from sslmedsam2.atlas import AtlasConfig, fuse, warp_supports
-from sslmedsam2.registration.syn import SynConfig
 from sslmedsam2.datasets import read_collection, require_clean
-from sslmedsam2.metrics import compute_metrics
+from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.registration.label_propagation import AtlasConfig, fuse, warp_supports
+from sslmedsam2.registration.syn import SynConfig
 from sslmedsam2.supports import Support
 
 #: the methods compared: the engine's default SyN, ANTs' quick SyN schedule, SimpleITK's affine

@@ -46,13 +46,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_inference import on_grid  # noqa: E402
+
+from sslmedsam2.datasets.example import ExampleConfig, make_example  # noqa: E402
 from sslmedsam2.engines.base import RuntimeOptions  # noqa: E402
 from sslmedsam2.engines.nnunet import NnUNetEngine  # noqa: E402
-from sslmedsam2.example import ExampleConfig, make_example  # noqa: E402
 from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint  # noqa: E402
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter  # noqa: E402
 from sslmedsam2.supports import find_supports, load_support  # noqa: E402
-from sslmedsam2.training import TrainingProfile, export_model, fit_nnunet  # noqa: E402
+from sslmedsam2.training.supervised import TrainingProfile, export_model, fit_nnunet  # noqa: E402
 
 
 @dataclass(frozen=True)

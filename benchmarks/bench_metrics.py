@@ -1,4 +1,4 @@
-"""Time sslmedsam2.metrics.compute_metrics against grand-challenge-metrics on a CARE-size pair.
+"""Time sslmedsam2.evaluation.metrics.compute_metrics against grand-challenge-metrics on a CARE-size pair.
 
 The pair: a 640 x 520 x 64 (x, y, z) grid at 0.59 x 0.59 x 3.5 mm (CARE GED4, vendor A), a smooth
 liver-like blob as ground truth and a shifted, reshaped copy of it as prediction. Both sides compute
@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from grand_challenge_metrics import stats
 
-from sslmedsam2.metrics import PairMetrics, compute_metrics
+from sslmedsam2.evaluation.metrics import PairMetrics, compute_metrics
 
 SHAPE_ZYX = (64, 520, 640)
 SPACING_ZYX = (3.5, 0.59, 0.59)

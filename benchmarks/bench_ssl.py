@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sslmedsam2.example import ExampleConfig, make_example
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.ssl.config import build_config
 from sslmedsam2.ssl.pipeline import run_ssl
 

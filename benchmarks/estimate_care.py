@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sslmedsam2.care_check import RootReport
-from sslmedsam2.reproduce import GPU_COSTS, estimate, steps_table
+from sslmedsam2.datasets.care_check import RootReport
 from sslmedsam2.ssl.config import load_config
+from sslmedsam2.ssl.reproduce import GPU_COSTS, estimate, steps_table
 
 REPO = Path(__file__).resolve().parents[1]
 #: CARE 2025 LiSeg (../shared/docs/formats.md): training cases per vendor, 10 labelled each.

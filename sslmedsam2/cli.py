@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from sslmedsam2.budget import DEFAULT_BUDGET_S
+from sslmedsam2.container.budget import DEFAULT_BUDGET_S
 from sslmedsam2.errors import SSLMedSAM2Error, UsageError
 
 log = logging.getLogger("sslmedsam2")
@@ -21,7 +21,7 @@ CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 def setup_logging(verbose: bool = False) -> None:
     """Our log lines at INFO on stderr; other libraries only at WARNING unless --verbose, and
     their deprecation warnings only with --verbose (run logs keep them)."""
-    from sslmedsam2.training_display import ConsoleFilter
+    from sslmedsam2.training.display import ConsoleFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
@@ -129,9 +129,9 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def infer_settings(args: argparse.Namespace):
     """Command-line options -> InferenceSettings (the only place options become settings)."""
+    from sslmedsam2.container.inference import InferenceSettings
+    from sslmedsam2.container.layouts import GrandChallengeSlugs
     from sslmedsam2.engines import RuntimeOptions
-    from sslmedsam2.inference import InferenceSettings
-    from sslmedsam2.layouts import GrandChallengeSlugs
 
     tta = False if args.fast else args.tta
     return InferenceSettings(
@@ -147,13 +147,13 @@ def infer_settings(args: argparse.Namespace):
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from sslmedsam2.inference import run_inference
+    from sslmedsam2.container.inference import run_inference
 
     return run_inference(infer_settings(args)).exit_code
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from sslmedsam2.evaluation import evaluate_folders, failures, summary_table, write_csv
+    from sslmedsam2.evaluation.folders import evaluate_folders, failures, summary_table, write_csv
 
     results = evaluate_folders(args.pred, args.gt, progress=not args.quiet, sequences=args.sequences)
     if args.out:
@@ -167,7 +167,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_make_example(args: argparse.Namespace) -> int:
-    from sslmedsam2.example import ExampleConfig, make_example
+    from sslmedsam2.datasets.example import ExampleConfig, make_example
 
     dataset = make_example(ExampleConfig(
         out_dir=args.out, cases=args.cases, test_cases=args.test_cases,
@@ -185,7 +185,7 @@ def run_train(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
     from sslmedsam2.ssl.pipeline import read_choices, run_ssl, run_summary_table
-    from sslmedsam2.training_display import run_log
+    from sslmedsam2.training.display import run_log
 
     if args.print_config:
         sys.stdout.write(TEMPLATE)
@@ -218,9 +218,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from sslmedsam2.reproduce import ReproduceSettings, reproduce
     from sslmedsam2.ssl.config import load_config
-    from sslmedsam2.training_display import run_log
+    from sslmedsam2.ssl.reproduce import ReproduceSettings, reproduce
+    from sslmedsam2.training.display import run_log
 
     overrides = {key: value for key, value in (
         ("data.train", str(args.train_root.resolve())),
@@ -271,10 +271,10 @@ def _labelling_recipe(args: argparse.Namespace):
     """How each worker builds the engine ``--method`` names (picklable), and a log line."""
     from functools import partial
 
-    from sslmedsam2.atlas import AtlasConfig
     from sslmedsam2.engines.atlas import AtlasEngine
     from sslmedsam2.engines.base import RuntimeOptions
     from sslmedsam2.engines.nnunet import NnUNetEngine
+    from sslmedsam2.registration.label_propagation import AtlasConfig
     from sslmedsam2.supports import find_supports
 
     if args.method == "nnunet":
@@ -316,7 +316,7 @@ def _sam2_recipe(args: argparse.Namespace, supports):
 
 
 def run_check_weights(args: argparse.Namespace) -> int:
-    from sslmedsam2.weights_check import check_weights
+    from sslmedsam2.container.weights_check import check_weights
 
     report = check_weights(args.weights or default_weights_dir(), tuple(args.engines))
     print("\n".join(report.lines()))
@@ -360,10 +360,10 @@ def executor_config(args: argparse.Namespace):
 
 
 def run_montage(args: argparse.Namespace) -> int:
-    from sslmedsam2.io import read_volume
-    from sslmedsam2.montage import save_overlay_montage
-
     import SimpleITK as sitk
+
+    from sslmedsam2.evaluation.montage import save_overlay_montage
+    from sslmedsam2.io import read_volume
 
     masks = {}
     for item in args.mask:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sslmedsam2.example import ExampleConfig, make_example
-from sslmedsam2.training import PROFILES, TrainingConfig, train_model
+from sslmedsam2.datasets.example import ExampleConfig, make_example
+from sslmedsam2.training.supervised import PROFILES, TrainingConfig, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_DIR = REPO / "sslmedsam2" / "data" / "abdomen-mr"

@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from sslmedsam2.atlas import AtlasConfig, RegistrationError, propagate
-from sslmedsam2.postprocess import binary_entropy, largest_component
-from sslmedsam2.engines.atlas import AtlasEngine
-from sslmedsam2.metrics import compute_metrics
-from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
-from sslmedsam2.supports import find_supports, same_vendor_first
-
 from conftest import SEED_DIR, reoriented, run_process
 from test_process import assert_on_grid, summary
+
+from sslmedsam2.engines.atlas import AtlasEngine
+from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.postprocess import binary_entropy, largest_component
+from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
+from sslmedsam2.registration.label_propagation import AtlasConfig, RegistrationError, propagate
+from sslmedsam2.supports import find_supports, same_vendor_first
 
 
 def _read(path: Path) -> sitk.Image:

@@ -7,9 +7,10 @@ import json
 import shutil
 
 import pytest
-
 from conftest import run_process
-from sslmedsam2.budget import (
+from test_process import _save, assert_on_grid
+
+from sslmedsam2.container.budget import (
     CasePlan,
     FewShotCosts,
     estimate_seconds,
@@ -17,8 +18,7 @@ from sslmedsam2.budget import (
     plan_case,
     plan_fewshot,
 )
-from sslmedsam2.inference import SUMMARY_NAME
-from test_process import _save, assert_on_grid
+from sslmedsam2.container.inference import SUMMARY_NAME
 
 FIVE = ("0", "1", "2", "3", "4")
 

@@ -21,23 +21,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sslmedsam2.container.weights_check import check_weights
 from sslmedsam2.engines import RuntimeOptions
 from sslmedsam2.engines.sam2 import Sam2Engine
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot import identity as identity_module
 from sslmedsam2.fewshot.architectures import Layout, model_layout, rank
-from sslmedsam2.fewshot.checkpoints import (
-    CHECKPOINTS,
-    build_predictor,
-    resolve_checkpoint,
-    verify_checkpoint,
-)
+from sslmedsam2.fewshot.checkpoints import CHECKPOINTS, build_predictor, resolve_checkpoint, verify_checkpoint
 from sslmedsam2.fewshot.identity import identify_checkpoint
 from sslmedsam2.fewshot.known_checkpoints import KNOWN_FILES, KnownFile
 from sslmedsam2.fewshot.tffs import TFFSConfig
 from sslmedsam2.manifest import sha256_of, write_manifest
 from sslmedsam2.supports import find_supports
-from sslmedsam2.weights_check import check_weights
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sam2-checkpoints"
 TRUNCATED = SHARED / "truncated_sam2.1_hiera_tiny.pt"

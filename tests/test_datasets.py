@@ -10,13 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import run_process
-from sslmedsam2.datasets import (CollectionError, check_collection, detect_layout, read_collection,
-                                 require_clean)
+
+from sslmedsam2.container.inference import SUMMARY_NAME
+from sslmedsam2.datasets import (
+    CollectionError,
+    check_collection,
+    detect_layout,
+    read_collection,
+    require_clean,
+)
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.errors import LayoutError, UsageError
-from sslmedsam2.example import ExampleConfig, make_example
-from sslmedsam2.inference import SUMMARY_NAME
 from sslmedsam2.io import same_grid
 from sslmedsam2.ssl.config import build_config
 from sslmedsam2.ssl.pipeline import run_ssl

@@ -10,11 +10,16 @@ import pytest
 import SimpleITK as sitk
 
 from sslmedsam2.errors import InputError, LayoutError
-from sslmedsam2.evaluation import (
-    MISSING_GROUND_TRUTH, MISSING_PREDICTION, CaseResult, evaluate_folders, failures,
-    summary_table, write_csv,
+from sslmedsam2.evaluation.folders import (
+    MISSING_GROUND_TRUTH,
+    MISSING_PREDICTION,
+    CaseResult,
+    evaluate_folders,
+    failures,
+    summary_table,
+    write_csv,
 )
-from sslmedsam2.metrics import compute_metrics, image_diagonal_mm
+from sslmedsam2.evaluation.metrics import compute_metrics, image_diagonal_mm
 
 SHAPE = (12, 30, 28)  # z, y, x
 SPACING_XYZ = (0.59, 0.59, 3.5)

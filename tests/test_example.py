@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from sslmedsam2.example import ExampleConfig, ExampleDataset, make_example
+from sslmedsam2.datasets.example import ExampleConfig, ExampleDataset, make_example
 from sslmedsam2.io import same_grid
 
 # 4 training cases over 3 vendors: vendor A gets two (0001-A labelled, 0004-A not).

@@ -20,13 +20,13 @@ import ray
 import SimpleITK as sitk
 import torch
 
-from sslmedsam2.atlas import AtlasConfig
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.executors import LocalExecutor, RayExecutor, Resources
 from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, pseudo_label
+from sslmedsam2.registration.label_propagation import AtlasConfig
 from sslmedsam2.runtime import limit_threads
 from sslmedsam2.supports import Support, find_supports
-from sslmedsam2.training import PROFILES, fit_nnunet
+from sslmedsam2.training.supervised import PROFILES, fit_nnunet
 
 
 @pytest.fixture(scope="module")

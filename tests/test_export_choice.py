@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sslmedsam2.example import ExampleConfig, make_example
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.manifest import MANIFEST
 from sslmedsam2.ssl.config import build_config
 from sslmedsam2.ssl.export_choice import LABELLED_ONLY, RECORD, SSL, ExportChoice

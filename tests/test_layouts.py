@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from sslmedsam2.container.layouts import GrandChallengeSlugs, detect_layout
 from sslmedsam2.errors import LayoutError
-from sslmedsam2.layouts import GrandChallengeSlugs, detect_layout
 
 
 def _touch(path: Path) -> Path:

@@ -10,7 +10,7 @@ from grand_challenge_metrics import stats
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist
 
-from sslmedsam2.metrics import PairMetrics, compute_metrics, image_diagonal_mm
+from sslmedsam2.evaluation.metrics import PairMetrics, compute_metrics, image_diagonal_mm
 
 SPACING = (3.5, 0.59, 0.8)  # z, y, x: anisotropic like CARE GED4
 SHAPE = (20, 40, 40)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sslmedsam2.montage import pick_slices, save_overlay_montage
+from sslmedsam2.evaluation.montage import pick_slices, save_overlay_montage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import CONTRACT_NOT_TESTED, GEOMETRIES, REPO, auto_device, reoriented, run_process
 
-from sslmedsam2.inference import SUMMARY_NAME
+from sslmedsam2.container.inference import SUMMARY_NAME
 from sslmedsam2.nnunet_trainers import TRAINER_DIR
 from sslmedsam2.orientation import CANONICAL, orientation_code, reorient
 from sslmedsam2.runtime import CACHE_VARIABLES, scoped_environ
-
-from conftest import CONTRACT_NOT_TESTED, GEOMETRIES, REPO, auto_device, reoriented, run_process
 
 
 def assert_on_grid(mask_path: Path, image: sitk.Image, *, empty_ok: bool = False) -> np.ndarray:
@@ -232,8 +231,8 @@ def test_same_masks_as_bare_nnunet_predictor(tmp_path, trained_weights, real_mr,
     """The wrapper adds I/O, checks and slab-wise resampling only: voxels equal nnU-Net's own
     prediction of the file. The volume is stored in the models' orientation, so reorienting it
     (see test_orientation.py) is a no-op; the 4.4 mm anisotropic one takes the slab path."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     image = reorient(reoriented(real_mr, kind)).image
     assert orientation_code(image) == CANONICAL

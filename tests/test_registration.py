@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import reoriented
-from sslmedsam2.atlas import AtlasConfig, for_sequences, propagate
-from sslmedsam2.metrics import compute_metrics
+
+from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.registration.label_propagation import AtlasConfig, for_sequences, propagate
 
 CHAOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sslmedsam2.example import ExampleConfig, make_example
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.io import same_grid
 
 REPO = Path(__file__).resolve().parents[1]

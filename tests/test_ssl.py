@@ -11,20 +11,20 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
+import tomllib
 from conftest import run_process
+
+from sslmedsam2.datasets.example import ExampleConfig, make_example
 from sslmedsam2.errors import UsageError
-from sslmedsam2.example import ExampleConfig, make_example
 from sslmedsam2.io import same_grid
 from sslmedsam2.manifest import MANIFEST
 from sslmedsam2.runtime import CACHE_VARIABLES
-from sslmedsam2.ssl.config import TEMPLATE, DataConfig, SSLConfig, ScheduleConfig, build_config
+from sslmedsam2.ssl.config import TEMPLATE, DataConfig, ScheduleConfig, SSLConfig, build_config
 from sslmedsam2.ssl.pipeline import run_ssl
 
 TINY = {"profile": "tiny-test", "folds": ["all"]}

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from sslmedsam2.supports import Support
-from sslmedsam2.training import PROFILES, fit_nnunet
-from sslmedsam2.training_display import FILE_ONLY, ConsoleFilter, fold_output, run_log
+from sslmedsam2.training.display import FILE_ONLY, ConsoleFilter, fold_output, run_log
+from sslmedsam2.training.supervised import PROFILES, fit_nnunet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 
-from sslmedsam2.care_check import Header, read_header
+from sslmedsam2.datasets.care_check import Header, read_header
 from sslmedsam2.datasets.collection import Collection
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
 from sslmedsam2.io import itk_reason

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from sslmedsam2.atlas import AtlasConfig, propagate
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.io import volume_stem
+from sslmedsam2.registration.label_propagation import AtlasConfig, propagate
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
-
 
 SUPPORTS_DIR = "supports"
 

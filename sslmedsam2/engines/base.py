@@ -23,7 +23,7 @@ class RuntimeOptions:
     folds: tuple[str, ...] | None = None
     configuration: str | None = None
     threads: int | None = None
-    #: seconds per case a segmentation may take (None: no limit; see sslmedsam2.budget)
+    #: seconds per case a segmentation may take (None: no limit; see sslmedsam2.container.budget)
     time_budget: float | None = None
 
 

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from sslmedsam2.container.budget import CasePlan, ensemble_text, fixed_seconds, plan_case
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.engines.slab_resampling import slabwise_configuration
-from sslmedsam2.budget import CasePlan, ensemble_text, fixed_seconds, plan_case
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
-from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.nnunet_trainers import trainer_search_path
+from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.runtime import available_cpus, quiet_stdout, resolve_device, scoped_environ
-from sslmedsam2.training_display import FILE_ONLY
+from sslmedsam2.training.display import FILE_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class NnUNetEngine:
         self._predictor(sequence)
 
     def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
-        """Never: the ensemble shrinks to fit (see ``sslmedsam2.budget``)."""
+        """Never: the ensemble shrinks to fit (see ``sslmedsam2.container.budget``)."""
         return None
 
     def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:

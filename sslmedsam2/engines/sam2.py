@@ -18,7 +18,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from sslmedsam2.budget import FewShotCosts, FewShotPlan, plan_fewshot
+from sslmedsam2.container.budget import FewShotCosts, FewShotPlan, plan_fewshot
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot.checkpoints import (
@@ -29,8 +29,8 @@ from sslmedsam2.fewshot.checkpoints import (
 )
 from sslmedsam2.fewshot.costs import measure_costs, query_slices
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
-from sslmedsam2.runtime import device_precision, resolve_device
 from sslmedsam2.orientation import reorient
+from sslmedsam2.runtime import device_precision, resolve_device
 from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
 
 log = logging.getLogger(__name__)

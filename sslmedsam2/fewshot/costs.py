@@ -1,7 +1,7 @@
 """What few-shot segmentation costs on this device, timed once so a time budget can plan queries.
 
 A query's time is its slices through the image encoder plus, per video (support x insertion), its
-slices and the support's tracked through SAM2's memory (see ``sslmedsam2.budget``). Both rates are
+slices and the support's tracked through SAM2's memory (see ``sslmedsam2.container.budget``). Both rates are
 measured on a short probe made from a real support, so that the memory attention sees as many
 prompted support slices as real queries do.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from sslmedsam2.budget import FewShotCosts
+from sslmedsam2.container.budget import FewShotCosts
 from sslmedsam2.fewshot.preprocess import axial_axis, volume_frames
 from sslmedsam2.fewshot.propagation import EncodedFrames
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter

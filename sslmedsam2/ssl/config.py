@@ -7,16 +7,17 @@ with a different file is refused instead of silently mixing two experiments.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sslmedsam2.errors import UsageError
-from sslmedsam2.atlas import METHODS as ATLAS_METHODS
+import tomllib
+
 from sslmedsam2.datasets import LAYOUTS
+from sslmedsam2.errors import UsageError
+from sslmedsam2.registration.label_propagation import METHODS as ATLAS_METHODS
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4, valid_sequence_name
-from sslmedsam2.training import PROFILES, TrainingProfile
+from sslmedsam2.training.supervised import PROFILES, TrainingProfile
 
 ENGINES = ("atlas", "sam2", "none")
 

@@ -19,7 +19,7 @@ from sslmedsam2.io import write_image_atomic
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.ssl.config import PseudoLabelConfig
 from sslmedsam2.supports import Support
-from sslmedsam2.training import IGNORE_LABEL
+from sslmedsam2.training.supervised import IGNORE_LABEL
 
 log = logging.getLogger(__name__)
 

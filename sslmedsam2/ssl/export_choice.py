@@ -25,7 +25,7 @@ from sslmedsam2.io import write_text_atomic
 from sslmedsam2.pseudo_label import Query
 from sslmedsam2.runtime import available_cpus
 from sslmedsam2.supports import Support
-from sslmedsam2.training import fit_nnunet
+from sslmedsam2.training.supervised import fit_nnunet
 
 if TYPE_CHECKING:
     from sslmedsam2.ssl.loop import SemiSupervisedRun, SequenceCases, StepRecord

@@ -35,23 +35,23 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from sslmedsam2.datasets import detect_layout, read_collection, require_clean
 from sslmedsam2.engines.agreement import AgreementEngine
 from sslmedsam2.engines.base import Engine, RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import SSLMedSAM2Error
-from sslmedsam2.evaluation import evaluate_pair, find_ground_truth
+from sslmedsam2.evaluation.folders import evaluate_pair, find_ground_truth
 from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import write_text_atomic
 from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, outputs_of, pseudo_label
 from sslmedsam2.runtime import available_cpus, resolve_device
-from sslmedsam2.datasets import detect_layout, read_collection, require_clean
 from sslmedsam2.sequences import CARE_SEQUENCES
 from sslmedsam2.ssl.config import SSLConfig
 from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
 from sslmedsam2.ssl.export_choice import LABELLED_ONLY, SSL, choose_export, rebuild_training_set
 from sslmedsam2.supports import Support
-from sslmedsam2.training_display import FILE_ONLY
-from sslmedsam2.training import TrainingProfile, check_folds, fit_nnunet
+from sslmedsam2.training.display import FILE_ONLY
+from sslmedsam2.training.supervised import TrainingProfile, check_folds, fit_nnunet
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,8 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
     """The round-0 labeller named in the config, over the labelled supports."""
     labels = config.pseudo_labels
     if labels.engine == "atlas":
-        from sslmedsam2.atlas import AtlasConfig
         from sslmedsam2.engines.atlas import AtlasEngine
+        from sslmedsam2.registration.label_propagation import AtlasConfig
 
         return AtlasEngine(supports, AtlasConfig(method=labels.atlas_method),
                            max_supports=labels.max_supports, origin=str(config.data.train),

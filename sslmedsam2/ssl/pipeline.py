@@ -27,19 +27,19 @@ import SimpleITK as sitk
 from sslmedsam2 import __version__
 from sslmedsam2.datasets import read_collection
 from sslmedsam2.errors import UsageError
-from sslmedsam2.evaluation import aligned_table
+from sslmedsam2.evaluation.folders import aligned_table
+from sslmedsam2.evaluation.montage import save_overlay_montage
 from sslmedsam2.executors import Executor
 from sslmedsam2.io import read_volume, volume_suffix, write_text_atomic
 from sslmedsam2.manifest import write_manifest
-from sslmedsam2.montage import save_overlay_montage
 from sslmedsam2.orientation import CANONICAL
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.export_choice import read_choice
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, loop_summary
 from sslmedsam2.supports import Support
-from sslmedsam2.training import export_model
-from sslmedsam2.training_display import FILE_ONLY
+from sslmedsam2.training.display import FILE_ONLY
+from sslmedsam2.training.supervised import export_model
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sslmedsam2.care_check import RootReport, check_ground_truth, check_root
+from sslmedsam2.container.inference import InferenceSettings, run_inference
+from sslmedsam2.datasets.care_check import RootReport, check_ground_truth, check_root
 from sslmedsam2.engines import RuntimeOptions
 from sslmedsam2.errors import UsageError
-from sslmedsam2.evaluation import CaseResult, aligned_table, evaluate_folders, write_csv
+from sslmedsam2.evaluation.folders import CaseResult, aligned_table, evaluate_folders, write_csv
 from sslmedsam2.executors import ExecutorConfig, make_executor
-from sslmedsam2.inference import InferenceSettings, run_inference
 from sslmedsam2.io import write_text_atomic
 from sslmedsam2.runtime import resolve_device
 from sslmedsam2.ssl.config import SSLConfig

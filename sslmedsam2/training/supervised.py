@@ -28,11 +28,17 @@ from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import read_volume, write_image_atomic
 from sslmedsam2.nnunet_trainers import trainer_search_path
 from sslmedsam2.orientation import reorient
-from sslmedsam2.runtime import (available_cpus, configure_threads, quiet_stdout, resolve_device,
-                                scoped_environ, seed_everything)
+from sslmedsam2.runtime import (
+    available_cpus,
+    configure_threads,
+    quiet_stdout,
+    resolve_device,
+    scoped_environ,
+    seed_everything,
+)
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
-from sslmedsam2.training_display import FILE_ONLY, attach_epoch_bar, fold_output
+from sslmedsam2.training.display import FILE_ONLY, attach_epoch_bar, fold_output
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +152,10 @@ def write_raw_dataset(cases: list[Support], raw_root: Path, dataset_name: str,
 def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes: int) -> dict:
     """Fingerprint + plan + preprocess with nnU-Net; narrows the network for light profiles."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints, plan_experiments, preprocess)
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
@@ -172,7 +181,7 @@ def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProf
     """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote.
 
     nnU-Net's own output goes to ``log_path``; the terminal gets a progress bar and warnings
-    (see :mod:`sslmedsam2.training_display`)."""
+    (see :mod:`sslmedsam2.training.display`)."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     with fold_output(log_path, label):

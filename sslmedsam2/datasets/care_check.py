@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sslmedsam2.evaluation import find_ground_truth
+from sslmedsam2.container.layouts import case_volumes, read_info_csv
+from sslmedsam2.evaluation.folders import find_ground_truth
 from sslmedsam2.io import itk_reason
-from sslmedsam2.layouts import case_volumes, read_info_csv
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4
 
 MASK = f"mask_{GED4}"

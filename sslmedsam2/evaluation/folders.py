@@ -10,7 +10,7 @@ Pairing rule (files with any suffix of :data:`sslmedsam2.io.VOLUME_SUFFIXES`; do
   keyed ``(name, "")``. Images beside the masks (``GED4.nii.gz``) are ignored.
 * two files with the same key on one side are an error (:class:`InputError`), never a silent pick.
 * a ground truth without prediction is scored as an empty prediction (Dice 0, HD = HD95 = image
-  diagonal, see :mod:`sslmedsam2.metrics`) with a note in ``error``; a prediction without ground
+  diagonal, see :mod:`sslmedsam2.evaluation.metrics`) with a note in ``error``; a prediction without ground
   truth is reported with an error and no metrics.
 
 A prediction off the ground truth's grid (size, spacing, origin, direction) or an unreadable file is
@@ -32,8 +32,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from sslmedsam2.errors import InputError, LayoutError, SSLMedSAM2Error
+from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import is_volume_file, same_grid, volume_stem, write_text_atomic
-from sslmedsam2.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from sslmedsam2.container.layouts import GrandChallengeSlugs, Job, detect_layout
 from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
 from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask, write_text_atomic
-from sslmedsam2.layouts import GrandChallengeSlugs, Job, detect_layout
 from sslmedsam2.manifest import verify_manifest
 from sslmedsam2.orientation import CANONICAL, reorient, segment_reoriented
 from sslmedsam2.postprocess import largest_component

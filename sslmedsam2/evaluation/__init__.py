@@ -1,0 +1,1 @@
+"""Scoring masks: per-pair metrics, whole folders against ground truth, overlay montages."""
