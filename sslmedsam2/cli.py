@@ -274,6 +274,7 @@ def _labelling_recipe(args: argparse.Namespace):
     from sslmedsam2.engines.atlas import AtlasEngine
     from sslmedsam2.engines.base import RuntimeOptions
     from sslmedsam2.engines.nnunet import NnUNetEngine
+    from sslmedsam2.registration.intensity_refinement import IntensityRefinement
     from sslmedsam2.registration.label_propagation import AtlasConfig
     from sslmedsam2.supports import find_supports
 
@@ -295,7 +296,8 @@ def _labelling_recipe(args: argparse.Namespace):
     source = f"{len(supports)} support(s)"
     if args.method == "sam2":
         return _sam2_recipe(args, supports), source
-    return (partial(AtlasEngine, supports, AtlasConfig(deformable=args.deformable),
+    atlas = AtlasConfig(deformable=args.deformable, intensity=None if args.vote_only else IntensityRefinement())
+    return (partial(AtlasEngine, supports, atlas,
                     max_supports=args.max_supports, origin=str(args.supports)), source)
 
 
@@ -550,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="supports registered per query, same vendor first (default 5)")
     pseudo.add_argument("--deformable", action="store_true",
                         help="add a B-spline stage after the affine one (slower)")
+    pseudo.add_argument("--vote-only", action="store_true",
+                        help="atlas: the supports' majority vote as it lands, not corrected by "
+                             "each query's own intensities (the default corrects it)")
     add_executor_arguments(pseudo)
     pseudo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pseudo.add_argument("-v", "--verbose", action="store_true")

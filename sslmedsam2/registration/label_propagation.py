@@ -13,7 +13,8 @@ sequence on another grid), by one of two methods:
 
 The support masks are carried onto the query grid with linear interpolation, averaged into a
 vote fraction, thresholded at 0.5 (majority vote), and the largest component is kept. The vote
-disagreement (binary entropy of the fraction) is the uncertainty map.
+disagreement (binary entropy of the fraction) is the uncertainty map. By default the vote is then
+a prior that the query's own intensities correct (:mod:`.intensity_refinement`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ import SimpleITK as sitk
 
 from sslmedsam2.io import itk_reason
 from sslmedsam2.postprocess import binary_entropy, largest_component
+from sslmedsam2.registration.intensity_refinement import (
+    IntensityRefinement,
+    refine_by_intensity,
+    refined_mask,
+)
 from sslmedsam2.registration.syn import SynConfig, warp_support_mask
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ class AtlasConfig:
     #: Registration runs on images resampled to at least this spacing (speed; masks stay exact).
     working_spacing_mm: float = 2.5
     threshold: float = 0.5
+    #: the fused vote as a prior corrected by the query's own intensities; None: the vote alone
+    intensity: IntensityRefinement | None = IntensityRefinement()
     #: sampling seed; must not be 0, which ITK reads as "seed from the clock" (runs would differ)
     seed: int = 1
 
@@ -174,7 +182,8 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
     if not warped:
         raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
                                 "this volume (no overlap after alignment)")
-    return fuse(warped, config.threshold)
+    fused = fuse(warped, config.threshold)
+    return refine(fused, query, config.intensity) if config.intensity else fused
 
 
 def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
@@ -204,3 +213,11 @@ def fuse(warped: list[np.ndarray], threshold: float = 0.5) -> FusedLabel:
     probability = np.mean(warped, axis=0, dtype=np.float32)
     mask = largest_component(probability >= threshold)
     return FusedLabel(mask=mask, probability=probability, uncertainty=binary_entropy(probability))
+
+
+def refine(fused: FusedLabel, query: sitk.Image, settings: IntensityRefinement) -> FusedLabel:
+    """The vote corrected by the query's intensities (:mod:`.intensity_refinement`)."""
+    spacing = query.GetSpacing()[::-1]
+    posterior = refine_by_intensity(sitk.GetArrayViewFromImage(query), fused.probability, spacing, settings)
+    return FusedLabel(mask=refined_mask(posterior, spacing), probability=posterior,
+                      uncertainty=binary_entropy(posterior))

@@ -159,9 +159,12 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
     labels = config.pseudo_labels
     if labels.engine == "atlas":
         from sslmedsam2.engines.atlas import AtlasEngine
+        from sslmedsam2.registration.intensity_refinement import IntensityRefinement
         from sslmedsam2.registration.label_propagation import AtlasConfig
 
-        return AtlasEngine(supports, AtlasConfig(method=labels.atlas_method),
+        atlas = AtlasConfig(method=labels.atlas_method,
+                            intensity=IntensityRefinement() if labels.atlas_intensity else None)
+        return AtlasEngine(supports, atlas,
                            max_supports=labels.max_supports, origin=str(config.data.train),
                            support_sequence=labelled_sequence(config))
     from sslmedsam2.engines.sam2 import Sam2Engine

@@ -1,0 +1,78 @@
+"""Intensity refinement of a warped atlas label: the query's own image pulls a misplaced liver
+boundary back onto the real one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import SEED_DIR
+from scipy import ndimage
+from test_atlas import _dice, _shifted
+
+from sslmedsam2.registration.intensity_refinement import (
+    IntensityRefinement,
+    refine_by_intensity,
+    refined_mask,
+)
+
+SPACING = (3.0, 3.0, 3.0)  # the seed MRI's, z-y-x
+
+
+@pytest.fixture(scope="module")
+def seed() -> tuple[np.ndarray, np.ndarray]:
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(SEED_DIR / "image.nii.gz"))).astype(np.float32)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SEED_DIR / "liver.nii.gz"))) > 0
+    return image, truth
+
+
+@pytest.mark.parametrize(("step", "axis"), [(3, 1), (-3, 2)])
+def test_a_misplaced_prior_moves_onto_the_liver(seed, step, axis):
+    """A soft prior 9 mm off the real liver, as registration across patients leaves it; on the
+    seed MRI refinement measured +0.05 to +0.10 Dice for such shifts."""
+    image, truth = seed
+    prior = ndimage.gaussian_filter(_shifted(truth.astype(np.float32), step, axis), 1.0)
+    before = _dice(prior >= 0.5, truth)
+    after = _dice(refined_mask(refine_by_intensity(image, prior, SPACING), SPACING), truth)
+    assert after >= before + 0.03, f"Dice {before:.3f} -> {after:.3f}"
+
+
+def test_an_undersized_prior_grows_to_the_liver(seed):
+    image, truth = seed
+    prior = ndimage.binary_erosion(truth, iterations=2).astype(np.float32)
+    after = _dice(refined_mask(refine_by_intensity(image, prior, SPACING), SPACING), truth)
+    assert after >= _dice(prior, truth) + 0.05
+
+
+@pytest.mark.parametrize("voxels", [0, 20])
+def test_a_prior_too_small_to_learn_from_is_kept(seed, voxels):
+    image, _ = seed
+    prior = np.zeros(image.shape, np.float32)
+    prior.flat[:voxels] = 1.0
+    posterior = refine_by_intensity(image, prior, SPACING)
+    assert posterior.dtype == np.float32 and np.array_equal(posterior, prior)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_vessels_are_filled_across_the_thickest_axis(axis):
+    """A vessel runs through the whole liver along the slice axis (open at both ends, so a 3D
+    fill leaves it): filled on every slice, whichever array axis the slices are."""
+    liver = np.zeros((12, 20, 20), bool)
+    liver[2:10, 4:16, 4:16] = True
+    liver[:, 9:11, 9:11] = False  # along axis 0
+    liver = np.moveaxis(liver, 0, axis)
+    spacing = tuple(5.0 if a == axis else 1.0 for a in range(3))
+    mask = refined_mask(liver.astype(np.float32), spacing)
+    assert ndimage.binary_fill_holes(liver).sum() == liver.sum()
+    assert mask.sum() == liver.sum() + 8 * 4
+    assert mask.dtype == np.uint8
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(True, IntensityRefinement()), (False, None)])
+def test_the_loop_config_switches_the_correction(tmp_path, flag, expected):
+    from sslmedsam2.ssl.config import build_config
+    from sslmedsam2.ssl.loop import fewshot_engine
+
+    config = build_config({"data": {"train": str(tmp_path), "layout": "care"},
+                           "pseudo_labels": {"atlas_intensity": flag}}, tmp_path)
+    assert fewshot_engine(config, []).config.intensity == expected
