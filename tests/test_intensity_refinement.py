@@ -15,6 +15,7 @@ from sslmedsam2.registration.intensity_refinement import (
     refine_by_intensity,
     refined_mask,
 )
+from sslmedsam2.registration.label_propagation import fuse, refine
 
 SPACING = (3.0, 3.0, 3.0)  # the seed MRI's, z-y-x
 
@@ -76,3 +77,17 @@ def test_the_loop_config_switches_the_correction(tmp_path, flag, expected):
     config = build_config({"data": {"train": str(tmp_path), "layout": "care"},
                            "pseudo_labels": {"atlas_intensity": flag}}, tmp_path)
     assert fewshot_engine(config, []).config.intensity == expected
+
+
+def test_a_correction_that_would_erase_the_liver_keeps_the_vote(seed):
+    """A prior blurred far beyond its size falls below 0.5 everywhere: the vote stands."""
+    image, truth = seed
+    query = sitk.GetImageFromArray(image)
+    query.SetSpacing(SPACING)
+    vote = fuse([truth.astype(np.float32)])
+    dissolving = IntensityRefinement(prior_smoothing_mm=300.0, interior_margin_mm=0.1)
+    assert not refined_mask(refine_by_intensity(image, vote.probability, SPACING, dissolving), SPACING).any()
+    kept = refine(vote, query, dissolving)
+    assert np.array_equal(kept.mask, vote.mask) and kept.mask.any()
+    corrected = refine(vote, query, IntensityRefinement())
+    assert corrected.mask.any() and not np.array_equal(corrected.mask, vote.mask)

@@ -216,8 +216,13 @@ def fuse(warped: list[np.ndarray], threshold: float = 0.5) -> FusedLabel:
 
 
 def refine(fused: FusedLabel, query: sitk.Image, settings: IntensityRefinement) -> FusedLabel:
-    """The vote corrected by the query's intensities (:mod:`.intensity_refinement`)."""
+    """The vote corrected by the query's intensities (:mod:`.intensity_refinement`); the vote
+    itself where the correction would leave no liver at all (a thin or scattered warp that the
+    prior's blur dissolves): it must never erase what the supports found."""
     spacing = query.GetSpacing()[::-1]
     posterior = refine_by_intensity(sitk.GetArrayViewFromImage(query), fused.probability, spacing, settings)
-    return FusedLabel(mask=refined_mask(posterior, spacing), probability=posterior,
-                      uncertainty=binary_entropy(posterior))
+    mask = refined_mask(posterior, spacing)
+    if fused.mask.any() and not mask.any():
+        log.warning("the intensity correction left no liver; keeping the supports' vote")
+        return fused
+    return FusedLabel(mask=mask, probability=posterior, uncertainty=binary_entropy(posterior))
