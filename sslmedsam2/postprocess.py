@@ -8,7 +8,8 @@ from scipy import ndimage
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 26-connected foreground component: the liver is one organ, and stray
-    islands far from it are what inflates the Hausdorff distance."""
+    islands far from it are what inflates the Hausdorff distance. Components tied for largest are
+    all kept, so the result never depends on the order the voxel array happens to be stored in."""
     foreground = np.asarray(mask) > 0
     kept = np.zeros(foreground.shape, np.uint8)
     if not foreground.any():
@@ -17,7 +18,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    kept[box] = labels == int(sizes.argmax())
+    kept[box] = np.isin(labels, np.flatnonzero(sizes == sizes.max()))
     return kept
 
 

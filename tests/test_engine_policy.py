@@ -81,3 +81,16 @@ def test_largest_component_keeps_the_organ():
     diagonal[0, 0, 0] = diagonal[1, 1, 1] = 1   # 26-connected: one component
     assert largest_component(diagonal).sum() == 2
     assert largest_component(np.zeros((2, 2, 2), np.uint8)).sum() == 0
+
+
+def test_largest_component_ties_do_not_depend_on_array_order():
+    """Two equally large islands: keeping the first one found would keep a different voxel set
+    once the array is stored flipped (a barely trained model's masks are such islands)."""
+    mask = np.zeros((6, 8, 8), np.uint8)
+    mask[1, 1, 1:3] = 1
+    mask[4, 6, 5:7] = 1
+    mask[2, 4, 4] = 1   # smaller: dropped
+    for axes in [(), (0,), (1, 2), (0, 1, 2)]:
+        flipped = np.flip(mask, axes) if axes else mask
+        kept = np.flip(largest_component(flipped), axes) if axes else largest_component(flipped)
+        assert kept.sum() == 4 and kept[2, 4, 4] == 0
