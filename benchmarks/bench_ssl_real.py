@@ -18,7 +18,7 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 --json. Run it again with the same --work to resume.
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
-        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
+        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse] [--vote-only]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -45,6 +45,7 @@ SEQUENCE = "T2SPIR"
 #: --fuse: round 0 is the agreement of the atlas and a labelled-only nnU-Net; training ignores
 #: the voxels where they differ (1 bit) and the atlas's own 50/50 boundary
 FUSED = {"fuse_labelled_only": True, "ignore_uncertainty_above": 0.95}
+log = logging.getLogger("bench_ssl_real")
 
 
 def main() -> int:
@@ -74,6 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--atlas-method", default="syn")
+    parser.add_argument("--vote-only", action="store_true",
+                        help="round 0's atlas without the query-intensity correction (the default "
+                             "before it existed: folds 0 and 1 of the fused results used this)")
     parser.add_argument("--choose-export", action="store_true",
                         help="let SSL arms run the loop's export choice (4 more trainings per arm "
                              "with >= 2 labels); off, an SSL arm's final row is the SSL model itself")
@@ -122,7 +126,7 @@ def reuse_labelled_only(source: Path, target: Path) -> None:
     if partner.exists() or not (model / ".sslmedsam2-done-plan").is_file():
         return
     shutil.copytree(model, partner, symlinks=True)
-    logging.info("%s: round 0's labelled-only nnU-Net copied from %s", target, source)
+    log.info("%s: round 0's labelled-only nnU-Net copied from %s", target, source)
 
 
 def link_collection(folder: Path, cases: list[Support], labelled: list[Support]) -> Path:
@@ -143,13 +147,14 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                 **({"epochs": args.epochs} if args.epochs else {})}
     raw = {"data": {"train": str(train), "sequences": [SEQUENCE], "holdout_images": str(holdout)},
            "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method,
+                             "atlas_intensity": not args.vote_only,
                              **(FUSED if args.fuse and engine != "none" else {})},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
                     "device": "cpu", "choose_export": args.choose_export}}
     started = time.perf_counter()
     records = run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False).records
-    logging.info("%s: %.0f s this invocation", run_dir, time.perf_counter() - started)
+    log.info("%s: %.0f s this invocation", run_dir, time.perf_counter() - started)
     return records
 
 
@@ -187,7 +192,8 @@ def _round(value: float | None, digits: int) -> float | None:
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
     folds = sorted({r["fold"] for r in results})
     print(f"\n{args.data}: folds {folds} of {args.folds}; profile {args.profile}; "
-          f"atlas {args.atlas_method}; held-out Dice / HD95 mean +- sd over folds\n")
+          f"atlas {args.atlas_method}{' (vote only)' if args.vote_only else ''}; "
+          "held-out Dice / HD95 mean +- sd over folds\n")
     print("| arm | labels | step | Dice | HD95 mm | folds |\n|---|---|---|---|---|---|")
     keys = sorted({(r["arm"], r["labels"], r["step"]) for r in results},
                   key=lambda k: (k[1] if k[0] != "fully supervised" else 99, k[0], k[2]))

@@ -15,7 +15,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if not foreground.any():
         return kept
     box = ndimage.find_objects(foreground.astype(np.uint8))[0]  # label only where the mask is
-    labels, count = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
+    labels, _ = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     kept[box] = np.isin(labels, np.flatnonzero(sizes == sizes.max()))
