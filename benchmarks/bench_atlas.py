@@ -43,7 +43,7 @@ def main() -> int:
               f"method {args.method}; deformable stage: {args.deformable}\n")
         print("| fusion | sequence | N | Dice mean | Dice min | HD95 mean (mm) | s per query |\n"
               "|---|---|---|---|---|---|---|")
-        engines = {"vote": AtlasEngine(supports, replace(config, intensity=None), max_supports=3),
+        engines = {"vote": AtlasEngine(supports, replace(config, intensity=False), max_supports=3),
                    "vote+intensity": AtlasEngine(supports, config, max_supports=3)}
         for sequence in ("GED4", "T1"):
             for fusion, engine in engines.items():

@@ -274,7 +274,6 @@ def _labelling_recipe(args: argparse.Namespace):
     from sslmedsam2.engines.atlas import AtlasEngine
     from sslmedsam2.engines.base import RuntimeOptions
     from sslmedsam2.engines.nnunet import NnUNetEngine
-    from sslmedsam2.registration.intensity_refinement import IntensityRefinement
     from sslmedsam2.registration.label_propagation import AtlasConfig
     from sslmedsam2.supports import find_supports
 
@@ -296,7 +295,7 @@ def _labelling_recipe(args: argparse.Namespace):
     source = f"{len(supports)} support(s)"
     if args.method == "sam2":
         return _sam2_recipe(args, supports), source
-    atlas = AtlasConfig(deformable=args.deformable, intensity=None if args.vote_only else IntensityRefinement())
+    atlas = AtlasConfig(deformable=args.deformable, intensity=not args.vote_only)
     return (partial(AtlasEngine, supports, atlas,
                     max_supports=args.max_supports, origin=str(args.supports)), source)
 

@@ -62,8 +62,9 @@ class AtlasConfig:
     #: Registration runs on images resampled to at least this spacing (speed; masks stay exact).
     working_spacing_mm: float = 2.5
     threshold: float = 0.5
-    #: the fused vote as a prior corrected by the query's own intensities; None: the vote alone
-    intensity: IntensityRefinement | None = IntensityRefinement()
+    #: correct the fused vote with the query's own intensities (``refinement``); off: the vote alone
+    intensity: bool = True
+    refinement: IntensityRefinement = IntensityRefinement()
     #: sampling seed; must not be 0, which ITK reads as "seed from the clock" (runs would differ)
     seed: int = 1
 
@@ -183,7 +184,7 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
         raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
                                 "this volume (no overlap after alignment)")
     fused = fuse(warped, config.threshold)
-    return refine(fused, query, config.intensity) if config.intensity else fused
+    return refine(fused, query, config.refinement) if config.intensity else fused
 
 
 def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],

@@ -159,11 +159,9 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
     labels = config.pseudo_labels
     if labels.engine == "atlas":
         from sslmedsam2.engines.atlas import AtlasEngine
-        from sslmedsam2.registration.intensity_refinement import IntensityRefinement
         from sslmedsam2.registration.label_propagation import AtlasConfig
 
-        atlas = AtlasConfig(method=labels.atlas_method,
-                            intensity=IntensityRefinement() if labels.atlas_intensity else None)
+        atlas = AtlasConfig(method=labels.atlas_method, intensity=labels.atlas_intensity)
         return AtlasEngine(supports, atlas,
                            max_supports=labels.max_supports, origin=str(config.data.train),
                            support_sequence=labelled_sequence(config))
@@ -531,5 +529,6 @@ def _fmt(value: float | None) -> str:
 
 def loop_summary(records: list[StepRecord]) -> list[dict[str, Any]]:
     """Report rows, without the bulky per-case fields."""
-    return [{k: v for k, v in asdict(r).items() if k not in ("dropped", "failed", "trained_on")} for r in records]
+    bulky = ("dropped", "failed", "trained_on")
+    return [{k: v for k, v in asdict(r).items() if k not in bulky} for r in records]
 
