@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from bench_memory import large_volume
+
 from sslmedsam2.engines.base import RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.engines.sam2 import Sam2Engine

@@ -21,7 +21,7 @@ CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 def setup_logging(verbose: bool = False) -> None:
     """Our log lines at INFO on stderr; other libraries only at WARNING unless --verbose, and
     their deprecation warnings only with --verbose (run logs keep them)."""
-    from sslmedsam2.training.display import ConsoleFilter
+    from sslmedsam2.logs import ConsoleFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
@@ -183,9 +183,9 @@ def run_make_example(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
+    from sslmedsam2.logs import run_log
     from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
     from sslmedsam2.ssl.pipeline import read_choices, run_ssl, run_summary_table
-    from sslmedsam2.training.display import run_log
 
     if args.print_config:
         sys.stdout.write(TEMPLATE)
@@ -218,9 +218,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from sslmedsam2.logs import run_log
     from sslmedsam2.ssl.config import load_config
     from sslmedsam2.ssl.reproduce import ReproduceSettings, reproduce
-    from sslmedsam2.training.display import run_log
 
     overrides = {key: value for key, value in (
         ("data.train", str(args.train_root.resolve())),

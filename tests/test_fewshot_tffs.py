@@ -17,18 +17,18 @@ from PIL import Image
 from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint
 from sslmedsam2.fewshot.propagation import (
     OBJ_ID,
-    _track,
     EncodedFrames,
     EncoderCounter,
+    VideoInputs,
+    _track,
     new_inference_state,
     prompt_outputs,
     propagate_video,
     quiet_progress,
-    VideoInputs,
 )
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter, segment_query
-from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.fewshot.videos import whole_insert_video
+from sslmedsam2.postprocess import binary_entropy
 
 SIZE = 64
 

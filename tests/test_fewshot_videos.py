@@ -7,12 +7,7 @@ import pytest
 import torch
 
 from sslmedsam2.fewshot.propagation import merge_directions
-from sslmedsam2.fewshot.videos import (
-    FrameRef,
-    insertion_positions,
-    plan_videos,
-    whole_insert_video,
-)
+from sslmedsam2.fewshot.videos import FrameRef, insertion_positions, plan_videos, whole_insert_video
 
 
 def test_frame_order_and_prompts_of_a_middle_insert():

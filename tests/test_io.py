@@ -7,11 +7,10 @@ import gzip
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import GEOMETRIES, SEED_DIR, reoriented
 
 from sslmedsam2.errors import InputError
 from sslmedsam2.io import mask_image, read_volume, same_grid, volume_stem, write_mask
-
-from conftest import GEOMETRIES, SEED_DIR, reoriented
 
 
 def _write(array: np.ndarray, path, vector: bool = False):

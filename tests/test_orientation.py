@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import run_process
-from sslmedsam2.orientation import CANONICAL, orientation_code, reorient
 from test_process import assert_on_grid
+
+from sslmedsam2.orientation import CANONICAL, orientation_code, reorient
 
 
 def stored_as(image: sitk.Image, kind: str) -> sitk.Image:

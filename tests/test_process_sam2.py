@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint
-
 from conftest import run_process
 from test_process import assert_on_grid, summary
+
+from sslmedsam2.fewshot.checkpoints import build_predictor, resolve_checkpoint
 
 
 def liver_slices(image: sitk.Image, mask: sitk.Image, count: int) -> tuple[sitk.Image, sitk.Image]:

@@ -10,6 +10,8 @@ import sys
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import run_process
+from test_process import summary
 
 from sslmedsam2.engines import RuntimeOptions
 from sslmedsam2.engines.sam2 import Sam2Engine, torch_threads
@@ -17,9 +19,6 @@ from sslmedsam2.errors import WeightsError
 from sslmedsam2.fewshot.checkpoints import resolve_checkpoint
 from sslmedsam2.fewshot.tffs import TFFSConfig
 from sslmedsam2.supports import find_supports
-
-from conftest import run_process
-from test_process import summary
 
 
 def test_segments_on_the_query_grid(example_dataset):

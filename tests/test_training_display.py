@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from sslmedsam2.logs import FILE_ONLY, ConsoleFilter, run_log
 from sslmedsam2.supports import Support
-from sslmedsam2.training.display import FILE_ONLY, ConsoleFilter, fold_output, run_log
+from sslmedsam2.training.display import fold_output
 from sslmedsam2.training.supervised import PROFILES, fit_nnunet
 
 ROOT = Path(__file__).resolve().parents[1]

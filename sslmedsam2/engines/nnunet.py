@@ -27,10 +27,10 @@ from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.engines.slab_resampling import slabwise_configuration
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import volume_array
+from sslmedsam2.logs import FILE_ONLY
 from sslmedsam2.nnunet_trainers import trainer_search_path
 from sslmedsam2.postprocess import binary_entropy
 from sslmedsam2.runtime import available_cpus, quiet_stdout, resolve_device, scoped_environ
-from sslmedsam2.training.display import FILE_ONLY
 
 log = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.evaluation.folders import evaluate_pair, find_ground_truth
 from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import write_text_atomic
+from sslmedsam2.logs import FILE_ONLY
 from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, outputs_of, pseudo_label
 from sslmedsam2.runtime import available_cpus, resolve_device
 from sslmedsam2.sequences import CARE_SEQUENCES
@@ -50,7 +51,6 @@ from sslmedsam2.ssl.config import SSLConfig
 from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
 from sslmedsam2.ssl.export_choice import LABELLED_ONLY, SSL, choose_export, rebuild_training_set
 from sslmedsam2.supports import Support
-from sslmedsam2.training.display import FILE_ONLY
 from sslmedsam2.training.supervised import TrainingProfile, check_folds, fit_nnunet
 
 log = logging.getLogger(__name__)

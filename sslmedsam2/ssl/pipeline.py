@@ -31,6 +31,7 @@ from sslmedsam2.evaluation.folders import aligned_table
 from sslmedsam2.evaluation.montage import save_overlay_montage
 from sslmedsam2.executors import Executor
 from sslmedsam2.io import read_volume, volume_suffix, write_text_atomic
+from sslmedsam2.logs import FILE_ONLY
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.orientation import CANONICAL
 from sslmedsam2.runtime import configure_threads
@@ -38,7 +39,6 @@ from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.export_choice import read_choice
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, loop_summary
 from sslmedsam2.supports import Support
-from sslmedsam2.training.display import FILE_ONLY
 from sslmedsam2.training.supervised import export_model
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import re
 import sys
 import warnings
@@ -22,10 +21,9 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from sslmedsam2.logs import DEPRECATIONS
 from sslmedsam2.runtime import debugging
 
-#: Warnings about other libraries' future changes: nothing a user of this tool can act on.
-DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 _WARNING_LINE = re.compile(r"\bwarning\b", re.IGNORECASE)
 
 
@@ -89,37 +87,3 @@ def attach_epoch_bar(trainer: Any, label: str, show: bool) -> tqdm:
 
     trainer.on_epoch_end = on_epoch_end
     return bar
-
-
-#: ``log.info(..., extra=FILE_ONLY)``: a line the run log keeps and the terminal does not need
-#: (a progress bar on screen already says it)
-FILE_ONLY = {"file_only": True}
-
-
-class ConsoleFilter(logging.Filter):
-    """Keeps other libraries' deprecation warnings (captured by ``logging.captureWarnings``) and
-    ``FILE_ONLY`` lines off the terminal; log files still get them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "file_only", False):
-            return False
-        if record.name != "py.warnings":
-            return True
-        text = record.getMessage()
-        return "sslmedsam2" in text or not any(f"{c.__name__}:" in text for c in DEPRECATIONS)
-
-
-@contextlib.contextmanager
-def run_log(path: Path) -> Iterator[Path]:
-    """Everything logged during a run (ours at INFO, captured warnings) also goes to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s",
-                                           "%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        handler.close()

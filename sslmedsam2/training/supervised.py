@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from sslmedsam2.errors import InputError, SSLMedSAM2Error
 from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import read_volume, write_image_atomic
+from sslmedsam2.logs import FILE_ONLY
 from sslmedsam2.nnunet_trainers import trainer_search_path
 from sslmedsam2.orientation import reorient
 from sslmedsam2.runtime import (
@@ -38,7 +39,7 @@ from sslmedsam2.runtime import (
 )
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
-from sslmedsam2.training.display import FILE_ONLY, attach_epoch_bar, fold_output
+from sslmedsam2.training.display import attach_epoch_bar, fold_output
 
 log = logging.getLogger(__name__)
 
