@@ -518,8 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label every <SEQ> volume under --unlabelled from the labelled GED4 supports. "
                     "Writes <out>/<case>/<SEQ>.nii.gz (mask on the query grid) and "
                     "<SEQ>_uncertainty.nii.gz, skips cases already done, and logs a JSON line per "
-                    "case. Method atlas: SimpleITK registration (mutual information, any sequence) "
-                    "of each support to the query and a majority vote. Method sam2: the supports "
+                    "case. Method atlas: each support registered to the query (ANTs SyN within the "
+                    "supports' sequence, SimpleITK affine by mutual information across "
+                    "sequences), the warped masks' majority vote corrected by the query's own "
+                    "intensities. Method sam2: the supports "
                     "as SAM2 memory, whole-insert videos (TFFS-MedSAM2).")
     pseudo.add_argument("--method", choices=["atlas", "sam2", "nnunet"], default="atlas",
                         help="atlas: registration + vote (no weights); sam2: TFFS-MedSAM2 "
@@ -550,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--max-supports", type=int, default=5,
                         help="supports registered per query, same vendor first (default 5)")
     pseudo.add_argument("--deformable", action="store_true",
-                        help="add a B-spline stage after the affine one (slower)")
+                        help="atlas across sequences: add a B-spline stage after the affine "
+                             "one (slower)")
     pseudo.add_argument("--vote-only", action="store_true",
                         help="atlas: the supports' majority vote as it lands, not corrected by "
                              "each query's own intensities (the default corrects it)")
