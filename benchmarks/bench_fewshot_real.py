@@ -4,13 +4,15 @@ Each patient of a labelled collection (default: the 14 CHAOS MR T2-SPIR patients
 ../shared/data/chaos-mr-t2, CC BY-NC-SA: read in place, never copied) is a query; its supports are
 drawn from the other patients with a fixed seed per query, the first k of one permutation, so the
 1-support draw is part of the 3-support draw. Each support is registered once per method and the
-k-support labels fuse the first k warped masks exactly as the engine does: the vote alone
-(``fuse``) and the vote refined by the query's intensities (``refine``), side by side.
+k-support labels fuse the first k warped masks exactly as the engine can: the plain vote
+(``fuse``), the vote weighted by local image likeness (``fuse_weighted``, 2 or more supports;
+the engine's default), each alone and refined by the query's intensities (``refine``), side by
+side.
 
 Printed per method and k: whole-volume 3D Dice (mean +- sd, min), the few-shot literature's
 "protocol Dice" (3D Dice over the slices that hold liver in the ground truth), HD95, and seconds
-per query (the sum of its supports' registrations, measured here, side by side). Resumable: each
-(query, support, method) warp is kept in --work.
+per query (the sum of its supports' registrations and the fusion, measured here, side by side).
+Resumable: each (query, support, method) warp (mask and image) is kept in --work.
 
     python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn affine] [--supports 1 3]
         [--seed 0] [--work runs/bench_fewshot_real] [--json benchmarks/fewshot_real.json]
@@ -32,7 +34,16 @@ from tqdm import tqdm
 from sslmedsam2.datasets import read_collection, require_clean
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.registration.intensity_refinement import IntensityRefinement
-from sslmedsam2.registration.label_propagation import AtlasConfig, FusedLabel, fuse, refine, warp_supports
+from sslmedsam2.registration.label_propagation import (
+    AtlasConfig,
+    FusedLabel,
+    WarpedSupport,
+    fuse,
+    fuse_weighted,
+    refine,
+    warp_supports,
+)
+from sslmedsam2.registration.local_weighting import LocalWeighting
 from sslmedsam2.registration.syn import SynConfig
 from sslmedsam2.supports import Support
 
@@ -87,8 +98,8 @@ def score_query(query: Support, draw: list[Support], args: argparse.Namespace) -
     for method in args.methods:
         warped, seconds = [], []
         for support in draw:
-            mask, took = cached_warp(query, support, image, method, args.work)
-            warped.append(mask)
+            support_warped, took = cached_warp(query, support, image, method, args.work)
+            warped.append(support_warped)
             seconds.append(took)
         for k in args.supports:
             for fusion, (label, took) in fusions(warped[:k], image).items():
@@ -101,32 +112,44 @@ def score_query(query: Support, draw: list[Support], args: argparse.Namespace) -
     return rows
 
 
-def fusions(warped: list[np.ndarray], image: sitk.Image) -> dict[str, tuple[FusedLabel, float]]:
-    """The vote, and the vote refined by intensity, each with the seconds it took."""
-    started = time.perf_counter()
-    vote = fuse(warped)
-    voted = time.perf_counter()
-    refined = refine(vote, image, IntensityRefinement())
-    return {"vote": (vote, voted - started), "vote+intensity": (refined, time.perf_counter() - started)}
+def fusions(warped: list[WarpedSupport], image: sitk.Image) -> dict[str, tuple[FusedLabel, float]]:
+    """The plain vote and (2 or more supports) the locally weighted vote, each also refined by
+    intensity, with the seconds each took after registration."""
+    rows = {}
+    votes = {"vote": lambda: fuse([w.mask for w in warped])}
+    if len(warped) > 1:
+        votes["weighted"] = lambda: fuse_weighted(warped, image, LocalWeighting())
+    for name, vote in votes.items():
+        started = time.perf_counter()
+        label = vote()
+        voted = time.perf_counter()
+        rows[name] = (label, voted - started)
+        rows[f"{name}+intensity"] = (refine(label, image, IntensityRefinement()),
+                                     time.perf_counter() - started)
+    return rows
 
 
 def cached_warp(query: Support, support: Support, image: sitk.Image, method: str,
-                work: Path) -> tuple[np.ndarray, float]:
-    """One support's warped soft mask and its registration time, computed once."""
+                work: Path) -> tuple[WarpedSupport, float]:
+    """One support's warped soft mask and image, and its registration time, computed once."""
     folder = work / method / query.case
-    path, meta = folder / f"{support.case}.npy", folder / f"{support.case}.json"
-    if path.is_file() and meta.is_file():
-        return np.load(path), json.loads(meta.read_text())["seconds"]
+    mask_path, image_path = folder / f"{support.case}_mask.npy", folder / f"{support.case}_image.npy"
+    meta = folder / f"{support.case}.json"
+    if mask_path.is_file() and image_path.is_file() and meta.is_file():
+        return (WarpedSupport(np.load(mask_path).astype(np.float32), np.load(image_path).astype(np.float32)),
+                json.loads(meta.read_text())["seconds"])
     pair = (sitk.ReadImage(str(support.image)), sitk.ReadImage(str(support.mask)))
     started = time.perf_counter()
-    (mask,) = warp_supports(image, [pair], METHODS[method])
+    (warped,) = warp_supports(image, [pair], METHODS[method])
     seconds = time.perf_counter() - started
-    if mask is None:
-        mask = np.zeros(image.GetSize()[::-1], np.float32)
+    if warped is None:  # registration failed: the support votes for nothing and looks like nothing
+        empty = np.zeros(image.GetSize()[::-1], np.float32)
+        warped = WarpedSupport(empty, empty)
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(path, mask.astype(np.float16))
+    np.save(mask_path, warped.mask.astype(np.float16))
+    np.save(image_path, warped.image.astype(np.float16))
     meta.write_text(json.dumps({"seconds": round(seconds, 2)}))
-    return mask.astype(np.float32), seconds
+    return warped, seconds
 
 
 def protocol_dice(prediction: np.ndarray, truth: np.ndarray) -> float:

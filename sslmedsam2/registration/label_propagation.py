@@ -12,9 +12,11 @@ sequence on another grid), by one of two methods:
 * ``auto`` (default): syn when query and supports are the same sequence, else affine.
 
 The support masks are carried onto the query grid with linear interpolation, averaged into a
-vote fraction, thresholded at 0.5 (majority vote), and the largest component is kept. The vote
-disagreement (binary entropy of the fraction) is the uncertainty map. By default the vote is then
-a prior that the query's own intensities correct (:mod:`.intensity_refinement`).
+vote fraction (within one sequence, each support weighted voxel by voxel by how well its warped
+image matches the query there: :mod:`.local_weighting`), thresholded at 0.5, and the largest
+component is kept. The vote disagreement (binary entropy of the fraction) is the uncertainty map.
+By default the vote is then a prior that the query's own intensities correct
+(:mod:`.intensity_refinement`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from sslmedsam2.registration.intensity_refinement import (
     refine_by_intensity,
     refined_mask,
 )
-from sslmedsam2.registration.syn import SynConfig, warp_support_mask
+from sslmedsam2.registration.local_weighting import LocalWeighting, weighted_vote
+from sslmedsam2.registration.syn import SynConfig, normalised, warp_support
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ class AtlasConfig:
     #: Registration runs on images resampled to at least this spacing (speed; masks stay exact).
     working_spacing_mm: float = 2.5
     threshold: float = 0.5
+    #: weight each support's vote by how its warped image matches the query, voxel by voxel
+    #: (within one sequence, with 2 or more supports); off: every support counts the same
+    weighted: bool = True
+    weighting: LocalWeighting = LocalWeighting()
     #: correct the fused vote with the query's own intensities (``refinement``); off: the vote alone
     intensity: bool = True
     refinement: IntensityRefinement = IntensityRefinement()
@@ -149,14 +156,28 @@ def _register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig,
     return sitk.CompositeTransform([affine_transform, bspline])
 
 
-def _warped_mask(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image,
-                 config: AtlasConfig) -> np.ndarray:
-    """One support's mask on the query grid (soft, z-y-x) by the configured method."""
+@dataclass
+class WarpedSupport:
+    """One support on the query grid (z-y-x): its soft mask and its normalised image."""
+
+    mask: np.ndarray
+    image: np.ndarray
+
+
+def _warped(query: sitk.Image, fixed: sitk.Image, support: tuple[sitk.Image, sitk.Image],
+            config: AtlasConfig) -> WarpedSupport:
+    """One support carried onto the query grid by the configured method."""
+    image, mask = support
+    moving = _working_image(image, config.working_spacing_mm)
     if config.method == "syn":
-        return warp_support_mask(query, fixed, moving, mask, config.syn)
+        return WarpedSupport(*warp_support(query, fixed, moving, image, mask, config.syn))
     transform = register(fixed, moving, config)
-    return sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), query,
-                                                transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+    def carried(moved: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.Resample(moved, query, transform, sitk.sitkLinear, 0.0,
+                                                    sitk.sitkFloat32))
+
+    return WarpedSupport(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), carried(normalised(image)))
 
 
 #: SyN's coarsest level shrinks 8x: volumes thinner than this go to the affine under ``auto``
@@ -173,8 +194,9 @@ def for_sequences(config: AtlasConfig, same_sequence: bool, thin: bool = False) 
 
 def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
               config: AtlasConfig = AtlasConfig(), same_sequence: bool = True) -> FusedLabel:
-    """Register every (image, mask) support to ``query``; fuse the warped masks by majority vote.
-    ``same_sequence``: whether query and supports share a sequence (decides ``auto``)."""
+    """Register every (image, mask) support to ``query``; fuse the warped masks by their vote,
+    locally weighted within a sequence. ``same_sequence``: whether query and supports share a
+    sequence (decides ``auto`` and the weighting)."""
     if not supports:
         raise ValueError("atlas propagation needs at least one support")
     thin = min(min(i.GetSize()) for i in [query, *(image for image, _ in supports)]) < SYN_MIN_SLICES
@@ -183,23 +205,25 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
     if not warped:
         raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
                                 "this volume (no overlap after alignment)")
-    fused = fuse(warped, config.threshold)
+    if config.weighted and same_sequence and len(warped) > 1:
+        fused = fuse_weighted(warped, query, config.weighting, config.threshold)
+    else:
+        fused = fuse([w.mask for w in warped], config.threshold)
     return refine(fused, query, config.refinement) if config.intensity else fused
 
 
 def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
-                  config: AtlasConfig) -> list[np.ndarray | None]:
-    """Each support's mask on the query grid (soft, z-y-x); None where registration failed."""
+                  config: AtlasConfig) -> list[WarpedSupport | None]:
+    """Each support on the query grid; None where registration failed."""
     config = for_sequences(config, same_sequence=True)
     if config.method not in METHODS:
         raise ValueError(f"atlas method {config.method!r}: choose from {', '.join(METHODS)}")
     fixed = _working_image(query, config.working_spacing_mm)
-    warped: list[np.ndarray | None] = []
-    for index, (image, mask) in enumerate(supports, start=1):
+    warped: list[WarpedSupport | None] = []
+    for index, support in enumerate(supports, start=1):
         started = time.perf_counter()
         try:
-            warped.append(_warped_mask(query, fixed, _working_image(image, config.working_spacing_mm),
-                                       mask, config))
+            warped.append(_warped(query, fixed, support, config))
         except RuntimeError as exc:  # one support that cannot be aligned must not sink the query
             log.warning("support %d/%d could not be registered (%s); left out of the vote", index,
                         len(supports), itk_reason(str(exc)))
@@ -210,8 +234,21 @@ def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image
 
 
 def fuse(warped: list[np.ndarray], threshold: float = 0.5) -> FusedLabel:
-    """Majority vote of soft warped masks; the largest component; vote entropy as uncertainty."""
-    probability = np.mean(warped, axis=0, dtype=np.float32)
+    """Majority vote of soft warped masks."""
+    return _label(np.mean(warped, axis=0, dtype=np.float32), threshold)
+
+
+def fuse_weighted(warped: list[WarpedSupport], query: sitk.Image, weighting: LocalWeighting,
+                  threshold: float = 0.5) -> FusedLabel:
+    """The vote with each support weighted, voxel by voxel, by how its warped image matches the
+    query's (:mod:`.local_weighting`)."""
+    probability = weighted_vote(sitk.GetArrayFromImage(normalised(query)), [w.mask for w in warped],
+                                [w.image for w in warped], query.GetSpacing()[::-1], weighting)
+    return _label(probability, threshold)
+
+
+def _label(probability: np.ndarray, threshold: float) -> FusedLabel:
+    """The largest component above ``threshold``; the vote's entropy as uncertainty."""
     mask = largest_component(probability >= threshold)
     return FusedLabel(mask=mask, probability=probability, uncertainty=binary_entropy(probability))
 

@@ -37,30 +37,34 @@ class SynConfig:
         return cls(transform="antsRegistrationSyNQuick[s]", flow_sigma=3.0, total_sigma=0.0)
 
 
-def warp_support_mask(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image,
-                      mask: sitk.Image, config: SynConfig = SynConfig()) -> np.ndarray:
-    """The support ``mask`` carried onto ``query``'s grid as a soft map (0..1, z-y-x), after
-    registering the working images ``moving`` (support) -> ``fixed`` (query). Raises
-    RuntimeError when ANTs fails."""
+def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image: sitk.Image,
+                 mask: sitk.Image, config: SynConfig = SynConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """The support's ``mask`` (a soft map, 0..1) and its ``image`` (intensities normalised) carried
+    onto ``query``'s grid as z-y-x arrays, after registering the working images ``moving``
+    (support) -> ``fixed`` (query). Raises RuntimeError when ANTs fails."""
     import ants  # heavy: imported only when the deformable engine runs
 
     workdir = tempfile.mkdtemp(prefix="sslmedsam2-syn-")
     try:
         result = ants.registration(
-            ants.from_sitk(_normalised(fixed)), ants.from_sitk(_normalised(moving)),
+            ants.from_sitk(normalised(fixed)), ants.from_sitk(normalised(moving)),
             type_of_transform=config.transform, outprefix=os.path.join(workdir, "tx_"),
             flow_sigma=config.flow_sigma, total_sigma=config.total_sigma,
             reg_iterations=config.iterations)
-        warped = ants.apply_transforms(
-            ants.from_sitk(sitk.Cast(query, sitk.sitkFloat32)),
-            ants.from_sitk(sitk.Cast(mask > 0, sitk.sitkFloat32)),
-            result["fwdtransforms"], interpolator="linear")
-        return np.clip(sitk.GetArrayFromImage(ants.to_sitk(warped)), 0.0, 1.0).astype(np.float32)
+        reference = ants.from_sitk(sitk.Cast(query, sitk.sitkFloat32))
+
+        def carried(moved: sitk.Image) -> np.ndarray:
+            warped = ants.apply_transforms(reference, ants.from_sitk(moved), result["fwdtransforms"],
+                                           interpolator="linear")
+            return sitk.GetArrayFromImage(ants.to_sitk(warped)).astype(np.float32)
+
+        return (np.clip(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), 0.0, 1.0),
+                carried(normalised(image)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _normalised(image: sitk.Image) -> sitk.Image:
+def normalised(image: sitk.Image) -> sitk.Image:
     """Intensities to 0..1 between the 0.5 and 99.5 percentiles: MRI scales differ per scanner."""
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     low, high = np.percentile(array, (0.5, 99.5))
