@@ -76,8 +76,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--atlas-method", default="syn")
     parser.add_argument("--vote-only", action="store_true",
-                        help="round 0's atlas without the query-intensity correction (the default "
-                             "before it existed: folds 0 and 1 of the fused results used this)")
+                        help="round 0's atlas as a plain vote: no local weighting, no intensity "
+                             "correction (as before they existed; folds 0 and 1 of the fused "
+                             "results used this)")
     parser.add_argument("--choose-export", action="store_true",
                         help="let SSL arms run the loop's export choice (4 more trainings per arm "
                              "with >= 2 labels); off, an SSL arm's final row is the SSL model itself")
@@ -147,6 +148,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                 **({"epochs": args.epochs} if args.epochs else {})}
     raw = {"data": {"train": str(train), "sequences": [SEQUENCE], "holdout_images": str(holdout)},
            "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method,
+                             "atlas_weighting": not args.vote_only,
                              "atlas_intensity": not args.vote_only,
                              **(FUSED if args.fuse and engine != "none" else {})},
            "intermediate": schedule, "final": schedule,

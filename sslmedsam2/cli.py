@@ -295,7 +295,7 @@ def _labelling_recipe(args: argparse.Namespace):
     source = f"{len(supports)} support(s)"
     if args.method == "sam2":
         return _sam2_recipe(args, supports), source
-    atlas = AtlasConfig(deformable=args.deformable, intensity=not args.vote_only)
+    atlas = AtlasConfig(deformable=args.deformable, weighted=not args.vote_only, intensity=not args.vote_only)
     return (partial(AtlasEngine, supports, atlas,
                     max_supports=args.max_supports, origin=str(args.supports)), source)
 
@@ -520,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "<SEQ>_uncertainty.nii.gz, skips cases already done, and logs a JSON line per "
                     "case. Method atlas: each support registered to the query (ANTs SyN within the "
                     "supports' sequence, SimpleITK affine by mutual information across "
-                    "sequences), the warped masks' majority vote corrected by the query's own "
-                    "intensities. Method sam2: the supports "
+                    "sequences), the warped masks' vote (weighted by local likeness to the query "
+                    "within a sequence) corrected by the query's own intensities. Method sam2: the supports "
                     "as SAM2 memory, whole-insert videos (TFFS-MedSAM2).")
     pseudo.add_argument("--method", choices=["atlas", "sam2", "nnunet"], default="atlas",
                         help="atlas: registration + vote (no weights); sam2: TFFS-MedSAM2 "
@@ -555,8 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="atlas across sequences: add a B-spline stage after the affine "
                              "one (slower)")
     pseudo.add_argument("--vote-only", action="store_true",
-                        help="atlas: the supports' majority vote as it lands, not corrected by "
-                             "each query's own intensities (the default corrects it)")
+                        help="atlas: the supports' plain majority vote as it lands (the default "
+                             "weights each support by its local likeness to the query and "
+                             "corrects the vote by the query's own intensities)")
     add_executor_arguments(pseudo)
     pseudo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pseudo.add_argument("-v", "--verbose", action="store_true")

@@ -314,7 +314,7 @@ def test_the_weights_manifest_names_the_pseudo_label_checkpoint_by_content(tmp_p
     assert source == f"sam2, {identify_checkpoint(checkpoint).describe()}"
     assert source.startswith("sam2, medsam2_finetune.pt, recognised by its tensors: ")
     atlas = build_config({"data": {"train": str(tmp_path)}}, tmp_path)
-    assert pseudo_label_source(atlas) == "atlas (auto, vote + intensity)"
-    vote = build_config({"data": {"train": str(tmp_path)}, "pseudo_labels": {"atlas_intensity": False}},
-                        tmp_path)
+    assert pseudo_label_source(atlas) == "atlas (auto, weighted vote + intensity)"
+    vote = build_config({"data": {"train": str(tmp_path)},
+                         "pseudo_labels": {"atlas_intensity": False, "atlas_weighting": False}}, tmp_path)
     assert pseudo_label_source(vote) == "atlas (auto, vote)"

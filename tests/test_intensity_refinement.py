@@ -70,13 +70,14 @@ def test_vessels_are_filled_across_the_thickest_axis(axis):
 
 
 @pytest.mark.parametrize("flag", [True, False])
-def test_the_loop_config_switches_the_correction(tmp_path, flag):
+def test_the_loop_config_switches_the_correction_and_the_weighting(tmp_path, flag):
     from sslmedsam2.ssl.config import build_config
     from sslmedsam2.ssl.loop import fewshot_engine
 
     config = build_config({"data": {"train": str(tmp_path), "layout": "care"},
-                           "pseudo_labels": {"atlas_intensity": flag}}, tmp_path)
-    assert fewshot_engine(config, []).config.intensity is flag
+                           "pseudo_labels": {"atlas_intensity": flag, "atlas_weighting": not flag}}, tmp_path)
+    atlas = fewshot_engine(config, []).config
+    assert atlas.intensity is flag and atlas.weighted is not flag
 
 
 def test_a_correction_that_would_erase_the_liver_keeps_the_vote(seed):

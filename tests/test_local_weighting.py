@@ -59,9 +59,8 @@ def test_fuse_weighted_reads_the_query_on_its_own_grid():
     array, organ = _scene()
     query = sitk.GetImageFromArray(array)
     query.SetSpacing(SPACING[::-1])
-    warped = [WarpedSupport(mask=organ.astype(np.float32), image=array),
-              WarpedSupport(mask=np.roll(organ, 6, axis=2).astype(np.float32), image=np.roll(array, 6, axis=2)),
-              WarpedSupport(mask=np.roll(organ, 7, axis=2).astype(np.float32), image=np.roll(array, 7, axis=2))]
+    warped = [WarpedSupport(mask=np.roll(organ, s, axis=2).astype(np.float32),
+                            image=np.roll(array, s, axis=2)) for s in (0, 6, 7)]
     fused = fuse_weighted(warped, query, LocalWeighting(window_mm=6.0))
     assert fused.mask.shape == organ.shape and fused.mask.dtype == np.uint8
     assert _dice(fused.mask > 0, organ) > 0.97

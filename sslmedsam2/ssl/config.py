@@ -50,7 +50,10 @@ class PseudoLabelConfig:
     (train on the labelled cases only: the supervised baseline). ``atlas_method``: syn (ANTs'
     deformable registration, what holds across real patients), affine (SimpleITK, fast, what
     holds across sequences) or auto (syn within the labelled sequence, affine across).
-    ``atlas_intensity``: the atlas's vote is corrected by each query's own intensities
+    ``atlas_weighting``: within the labelled sequence, each support's vote is weighted voxel by
+    voxel by how its warped image matches the query (``registration.local_weighting``; False:
+    every support counts the same). ``atlas_intensity``: the atlas's vote is corrected by each
+    query's own intensities
     (``registration.intensity_refinement``; False: the vote alone). ``same_vendor_supports``: a query
     is labelled from the supports of its own vendor when there are any (the paper); False uses
     every support (better fusion when each vendor has only one or two). ``ignore_uncertainty_above``:
@@ -65,6 +68,7 @@ class PseudoLabelConfig:
 
     engine: str = "atlas"
     atlas_method: str = "auto"
+    atlas_weighting: bool = True
     atlas_intensity: bool = True
     checkpoint: Path | None = None
     setting: str = "auto"
@@ -302,6 +306,7 @@ labelled_sequence = "GED4"        # CARE: whose masks are the supports of every 
 engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
 atlas_method = "auto"             # atlas: auto (syn within the labelled sequence, affine across)
                                   # | syn (ANTs deformable, real anatomy) | affine (fast)
+atlas_weighting = true            # atlas: weight each support by local likeness to the query
 atlas_intensity = true            # atlas: correct the vote by the query's own intensities
 # checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only
 setting = "auto"                  # sam2: auto | paper | cpu-practical

@@ -161,7 +161,8 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
         from sslmedsam2.engines.atlas import AtlasEngine
         from sslmedsam2.registration.label_propagation import AtlasConfig
 
-        atlas = AtlasConfig(method=labels.atlas_method, intensity=labels.atlas_intensity)
+        atlas = AtlasConfig(method=labels.atlas_method, weighted=labels.atlas_weighting,
+                            intensity=labels.atlas_intensity)
         return AtlasEngine(supports, atlas,
                            max_supports=labels.max_supports, origin=str(config.data.train),
                            support_sequence=labelled_sequence(config))

@@ -169,7 +169,8 @@ def pseudo_label_source(config: SSLConfig) -> str:
     checkpoint is by content ("MedSAM2_latest.pt, official, sha256 ok: ...")."""
     labels = config.pseudo_labels
     if labels.engine == "atlas":
-        return f"atlas ({labels.atlas_method}, {'vote + intensity' if labels.atlas_intensity else 'vote'})"
+        vote = "weighted vote" if labels.atlas_weighting else "vote"
+        return f"atlas ({labels.atlas_method}, {vote}{' + intensity' if labels.atlas_intensity else ''})"
     if labels.engine != "sam2" or labels.checkpoint is None:
         return labels.engine
     from sslmedsam2.fewshot.identity import identify_checkpoint
