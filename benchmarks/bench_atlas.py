@@ -2,8 +2,9 @@
 
 3 supports (one labelled GED4 case per vendor) label >= 10 unlabelled training cases; GED4-like and
 T1-like queries are scored separately against the generator's ground truth (Dice, HD95) with the
-time per query case. Both fusions side by side: the supports' vote alone and the vote corrected
-by each query's intensities (the default).
+time per query case. The fusions side by side: the supports' plain vote, the vote corrected by
+each query's intensities, and the default (GED4 queries: each support weighted by its local
+likeness to the query, then corrected; T1 queries are never weighted, so the last two agree).
 
     python benchmarks/bench_atlas.py [--queries 12] [--seed 0] [--method auto] [--deformable]
 """
@@ -43,8 +44,10 @@ def main() -> int:
               f"method {args.method}; deformable stage: {args.deformable}\n")
         print("| fusion | sequence | N | Dice mean | Dice min | HD95 mean (mm) | s per query |\n"
               "|---|---|---|---|---|---|---|")
-        engines = {"vote": AtlasEngine(supports, replace(config, intensity=False), max_supports=3),
-                   "vote+intensity": AtlasEngine(supports, config, max_supports=3)}
+        engines = {"vote": AtlasEngine(supports, replace(config, weighted=False, intensity=False),
+                                       max_supports=3),
+                   "vote+intensity": AtlasEngine(supports, replace(config, weighted=False), max_supports=3),
+                   "weighted+intensity": AtlasEngine(supports, config, max_supports=3)}
         for sequence in ("GED4", "T1"):
             for fusion, engine in engines.items():
                 dice, hd95, seconds = [], [], []
