@@ -197,12 +197,18 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
           f"atlas {args.atlas_method}{' (vote only)' if args.vote_only else ''}; "
           "held-out Dice / HD95 mean +- sd over folds\n")
     print("| arm | labels | step | Dice | HD95 mm | folds |\n|---|---|---|---|---|---|")
-    keys = sorted({(r["arm"], r["labels"], r["step"]) for r in results},
+    keys = sorted({_table_key(r) for r in results},
                   key=lambda k: (k[1] if k[0] != "fully supervised" else 99, k[0], k[2]))
     for key in keys:
-        sel = [r for r in results if (r["arm"], r["labels"], r["step"]) == key and r["dice"] is not None]
+        sel = [r for r in results if _table_key(r) == key and r["dice"] is not None]
         print(f"| {key[0]} | {key[1]} | {key[2]} | {_ms([r['dice'] for r in sel], 4)} | "
               f"{_ms([r['hd95_mm'] for r in sel], 1)} | {len(sel)} |")
+
+
+def _table_key(row: dict) -> tuple:
+    """Arm, labelled patients and step; fully supervised labels every training patient, whose
+    number differs between folds (9 or 10), so its folds share one row."""
+    return (row["arm"], "all" if row["arm"] == "fully supervised" else row["labels"], row["step"])
 
 
 def _ms(values: list[float], digits: int) -> str:
