@@ -521,8 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "case. Method atlas: each support registered to the query (ANTs SyN within the "
                     "supports' sequence, SimpleITK affine by mutual information across "
                     "sequences), the warped masks' vote (weighted by local likeness to the query "
-                    "within a sequence) corrected by the query's own intensities. Method sam2: the supports "
-                    "as SAM2 memory, whole-insert videos (TFFS-MedSAM2).")
+                    "within a sequence) corrected by the query's own intensities. Method sam2: "
+                    "the supports as SAM2 memory, whole-insert videos (TFFS-MedSAM2).")
     pseudo.add_argument("--method", choices=["atlas", "sam2", "nnunet"], default="atlas",
                         help="atlas: registration + vote (no weights); sam2: TFFS-MedSAM2 "
                              "(needs --checkpoint); nnunet: batch prediction with a trained "

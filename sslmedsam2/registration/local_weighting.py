@@ -33,27 +33,39 @@ class LocalWeighting:
 def local_correlation(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...],
                       window_mm: float) -> np.ndarray:
     """Pearson correlation of ``a`` and ``b`` in a Gaussian window around every voxel."""
-    sigma = [window_mm / float(s) for s in spacing]
-
-    def mean(x: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(x, sigma)
-
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    mean_a, mean_b = mean(a), mean(b)
-    variance_a = np.maximum(mean(a * a) - mean_a * mean_a, 1e-6)
-    variance_b = np.maximum(mean(b * b) - mean_b * mean_b, 1e-6)
-    return (mean(a * b) - mean_a * mean_b) / np.sqrt(variance_a * variance_b)
+    sigma = _sigma(spacing, window_mm)
+    a = np.asarray(a, np.float32)
+    return _correlation(a, _moments(a, sigma), np.asarray(b, np.float32), sigma)
 
 
 def weighted_vote(query: np.ndarray, masks: list[np.ndarray], images: list[np.ndarray],
                   spacing: tuple[float, ...], settings: LocalWeighting = LocalWeighting()) -> np.ndarray:
     """The supports' soft ``masks`` averaged with local weights from their warped ``images``
     (all on the query's grid and in one array layout; ``spacing`` in that layout's axis order)."""
-    total = np.zeros(np.shape(query), np.float32)
-    votes = np.zeros(np.shape(query), np.float32)
+    sigma = _sigma(spacing, settings.window_mm)
+    query = np.asarray(query, np.float32)
+    query_moments = _moments(query, sigma)  # once per query, not once per support
+    total = np.zeros(query.shape, np.float32)
+    votes = np.zeros(query.shape, np.float32)
     for mask, image in zip(masks, images, strict=True):
-        likeness = np.clip(local_correlation(query, image, spacing, settings.window_mm), 0.0, 1.0)
-        weight = likeness ** settings.power + FLOOR
+        correlation = _correlation(query, query_moments, np.asarray(image, np.float32), sigma)
+        weight = np.clip(correlation, 0.0, 1.0) ** settings.power + FLOOR
         total += weight
         votes += weight * np.asarray(mask, np.float32)
     return votes / total
+
+
+def _sigma(spacing: tuple[float, ...], window_mm: float) -> list[float]:
+    return [window_mm / float(s) for s in spacing]
+
+
+def _moments(x: np.ndarray, sigma: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and variance (floored, so flat regions do not divide by zero)."""
+    mean = ndimage.gaussian_filter(x, sigma)
+    return mean, np.maximum(ndimage.gaussian_filter(x * x, sigma) - mean * mean, 1e-6)
+
+
+def _correlation(a: np.ndarray, a_moments: tuple[np.ndarray, np.ndarray], b: np.ndarray,
+                 sigma: list[float]) -> np.ndarray:
+    (mean_a, variance_a), (mean_b, variance_b) = a_moments, _moments(b, sigma)
+    return (ndimage.gaussian_filter(a * b, sigma) - mean_a * mean_b) / np.sqrt(variance_a * variance_b)
