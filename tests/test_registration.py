@@ -11,7 +11,12 @@ import SimpleITK as sitk
 from conftest import reoriented
 
 from sslmedsam2.evaluation.metrics import compute_metrics
-from sslmedsam2.registration.label_propagation import AtlasConfig, for_sequences, propagate
+from sslmedsam2.registration.label_propagation import (
+    AtlasConfig,
+    for_sequences,
+    propagate,
+    warp_supports,
+)
 
 CHAOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 
@@ -54,3 +59,18 @@ def test_auto_is_syn_within_a_sequence_and_affine_across():
     assert for_sequences(AtlasConfig(), same_sequence=False).method == "affine"
     assert for_sequences(AtlasConfig(), same_sequence=True, thin=True).method == "affine"
     assert for_sequences(AtlasConfig(method="syn"), same_sequence=False).method == "syn"
+
+
+def test_support_images_are_carried_only_when_asked():
+    """The weighting compares warped support images with the query; without it (one support,
+    across sequences) the second resampling is skipped, and the masks are the same either way."""
+    query, _ = _patient("01", slice(14, 30))
+    support = _patient("34", slice(12, 28))
+    config = AtlasConfig(method="affine")
+    (with_image,) = warp_supports(query, [support], config)
+    (without,) = warp_supports(query, [support], config, with_images=False)
+    assert with_image.image is not None and with_image.image.shape == query.GetSize()[::-1]
+    assert without.image is None
+    # ITK's threads make two runs of one registration differ slightly (more on a busy machine)
+    a, b = with_image.mask >= 0.5, without.mask >= 0.5
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.98

@@ -158,26 +158,28 @@ def _register(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig,
 
 @dataclass
 class WarpedSupport:
-    """One support on the query grid (z-y-x): its soft mask and its normalised image."""
+    """One support on the query grid (z-y-x): its soft mask and its normalised image (None where
+    nothing compares images: one support, across sequences, or weighting off)."""
 
     mask: np.ndarray
-    image: np.ndarray
+    image: np.ndarray | None
 
 
 def _warped(query: sitk.Image, fixed: sitk.Image, support: tuple[sitk.Image, sitk.Image],
-            config: AtlasConfig) -> WarpedSupport:
+            config: AtlasConfig, with_image: bool) -> WarpedSupport:
     """One support carried onto the query grid by the configured method."""
     image, mask = support
     moving = _working_image(image, config.working_spacing_mm)
     if config.method == "syn":
-        return WarpedSupport(*warp_support(query, fixed, moving, image, mask, config.syn))
+        return WarpedSupport(*warp_support(query, fixed, moving, image, mask, config.syn, with_image))
     transform = register(fixed, moving, config)
 
     def carried(moved: sitk.Image) -> np.ndarray:
         return sitk.GetArrayFromImage(sitk.Resample(moved, query, transform, sitk.sitkLinear, 0.0,
                                                     sitk.sitkFloat32))
 
-    return WarpedSupport(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), carried(normalised(image)))
+    return WarpedSupport(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)),
+                         carried(normalised(image)) if with_image else None)
 
 
 #: SyN's coarsest level shrinks 8x: volumes thinner than this go to the affine under ``auto``
@@ -201,11 +203,12 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
         raise ValueError("atlas propagation needs at least one support")
     thin = min(min(i.GetSize()) for i in [query, *(image for image, _ in supports)]) < SYN_MIN_SLICES
     config = for_sequences(config, same_sequence, thin)
-    warped = [w for w in warp_supports(query, supports, config) if w is not None]
+    weighted = config.weighted and same_sequence and len(supports) > 1
+    warped = [w for w in warp_supports(query, supports, config, with_images=weighted) if w is not None]
     if not warped:
         raise RegistrationError(f"none of the {len(supports)} support(s) could be registered to "
                                 "this volume (no overlap after alignment)")
-    if config.weighted and same_sequence and len(warped) > 1:
+    if weighted and len(warped) > 1:
         fused = fuse_weighted(warped, query, config.weighting, config.threshold)
     else:
         fused = fuse([w.mask for w in warped], config.threshold)
@@ -213,8 +216,9 @@ def propagate(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
 
 
 def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image]],
-                  config: AtlasConfig) -> list[WarpedSupport | None]:
-    """Each support on the query grid; None where registration failed."""
+                  config: AtlasConfig, with_images: bool = True) -> list[WarpedSupport | None]:
+    """Each support on the query grid, with its image only ``with_images``; None where
+    registration failed."""
     config = for_sequences(config, same_sequence=True)
     if config.method not in METHODS:
         raise ValueError(f"atlas method {config.method!r}: choose from {', '.join(METHODS)}")
@@ -223,7 +227,7 @@ def warp_supports(query: sitk.Image, supports: list[tuple[sitk.Image, sitk.Image
     for index, support in enumerate(supports, start=1):
         started = time.perf_counter()
         try:
-            warped.append(_warped(query, fixed, support, config))
+            warped.append(_warped(query, fixed, support, config, with_images))
         except RuntimeError as exc:  # one support that cannot be aligned must not sink the query
             log.warning("support %d/%d could not be registered (%s); left out of the vote", index,
                         len(supports), itk_reason(str(exc)))

@@ -38,10 +38,11 @@ class SynConfig:
 
 
 def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image: sitk.Image,
-                 mask: sitk.Image, config: SynConfig = SynConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """The support's ``mask`` (a soft map, 0..1) and its ``image`` (intensities normalised) carried
-    onto ``query``'s grid as z-y-x arrays, after registering the working images ``moving``
-    (support) -> ``fixed`` (query). Raises RuntimeError when ANTs fails."""
+                 mask: sitk.Image, config: SynConfig = SynConfig(),
+                 with_image: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The support's ``mask`` (a soft map, 0..1) and, ``with_image``, its ``image`` (intensities
+    normalised) carried onto ``query``'s grid as z-y-x arrays, after registering the working
+    images ``moving`` (support) -> ``fixed`` (query). Raises RuntimeError when ANTs fails."""
     import ants  # heavy: imported only when the deformable engine runs
 
     workdir = tempfile.mkdtemp(prefix="sslmedsam2-syn-")
@@ -59,7 +60,7 @@ def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image
             return sitk.GetArrayFromImage(ants.to_sitk(warped)).astype(np.float32)
 
         return (np.clip(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), 0.0, 1.0),
-                carried(normalised(image)))
+                carried(normalised(image)) if with_image else None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
