@@ -11,12 +11,7 @@ import SimpleITK as sitk
 from conftest import reoriented
 
 from sslmedsam2.evaluation.metrics import compute_metrics
-from sslmedsam2.registration.label_propagation import (
-    AtlasConfig,
-    for_sequences,
-    propagate,
-    warp_supports,
-)
+from sslmedsam2.registration.label_propagation import AtlasConfig, for_sequences, propagate, warp_supports
 
 CHAOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 
