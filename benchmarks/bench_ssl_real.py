@@ -11,14 +11,17 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
 * labelled-only: nnU-Net on the L labelled patients (``engine = none``);
 * SSL: few-shot round 0 (the atlas on the L supports), each nnU-Net round, the final model;
   with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
-  nnU-Net (copied in, not retrained), and training ignores where they disagree;
+  nnU-Net (copied in, not retrained), and training ignores where they disagree; with
+  --warm-start ("... warm"), each round's nnU-Net starts from the model before it (round 1: the
+  labelled-only partner) instead of from scratch;
 * fully supervised: nnU-Net on every training patient with its true mask.
 
 Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the raw figures to
 --json. Run it again with the same --work to resume.
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
-        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse] [--vote-only]
+        [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
+        [--warm-start] [--vote-only]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -85,6 +88,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fuse", action="store_true",
                         help="SSL arms (named 'SSL fused', own run folders) start from the agreement "
                              "of the atlas and a labelled-only nnU-Net; the other arms are shared")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="SSL arms (named '... warm', own run folders) start each round from "
+                             "the model before it (loop.warm_start; round 1 from the labelled-only "
+                             "partner with --fuse)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
     parser.add_argument("--json", type=Path, default=None)
@@ -111,11 +118,19 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
         train = link_collection(root / f"train_L{count}", training, labelled)
         rows += arm_rows(index, "labelled-only", count, root / f"labelled_only_L{count}", train,
                          holdout, "none", args)
-        name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
+        name, folder = ssl_arm_name(count, args)
         if args.fuse:
             reuse_labelled_only(root / f"labelled_only_L{count}", root / folder)
         rows += arm_rows(index, name, count, root / folder, train, holdout, "atlas", args)
     return rows
+
+
+def ssl_arm_name(count: int, args: argparse.Namespace) -> tuple[str, str]:
+    """The SSL arm's table name and run folder, which differ by variant."""
+    name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
+    if args.warm_start:
+        name, folder = f"{name} warm", folder.replace("_L", "_warm_L")
+    return name, folder
 
 
 def reuse_labelled_only(source: Path, target: Path) -> None:
@@ -153,7 +168,8 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                              **(FUSED if args.fuse and engine != "none" else {})},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
-                    "device": "cpu", "choose_export": args.choose_export}}
+                    "device": "cpu", "choose_export": args.choose_export,
+                    "warm_start": args.warm_start}}
     started = time.perf_counter()
     records = run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False).records
     log.info("%s: %.0f s this invocation", run_dir, time.perf_counter() - started)

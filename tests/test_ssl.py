@@ -264,6 +264,41 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
     assert any((sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 2).any() for p in labels)
 
 
+def test_warm_started_round_starts_from_the_labelled_only_partner(ssl_data, tmp_path):
+    """With ``warm_start``, round 1 takes the fused round 0's labelled-only model's plans and
+    weights: after a few iterations its weights still follow the partner's (a fresh network's
+    would be uncorrelated with them)."""
+    import torch
+
+    raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "min_volume_ml": 1,
+                                              "atlas_method": "affine"},
+                     loop={"warm_start": True})
+    result = run_ssl(build_config(raw, Path.cwd()), tmp_path / "run", progress=False)
+    partner = next((tmp_path / "run" / "GED4" / "round_00" / "labelled_only").rglob("plans.json")).parent
+    round_one = Path(result.records[1].model)
+    assert result.records[1].step == "round_01" and round_one != partner
+    assert json.loads((round_one / "plans.json").read_text())["configurations"] == \
+        json.loads((partner / "plans.json").read_text())["configurations"]
+
+    def weights(model: Path) -> np.ndarray:
+        state = torch.load(model / "fold_all" / "checkpoint_final.pth", map_location="cpu",
+                           weights_only=False)["network_weights"]
+        return np.concatenate([v.flatten().numpy() for k, v in state.items() if k.endswith("weight")])
+
+    assert np.corrcoef(weights(partner), weights(round_one))[0, 1] > 0.9
+
+
+def test_a_warm_start_without_a_trained_model_says_so(tmp_path):
+    from sslmedsam2.errors import SSLMedSAM2Error
+    from sslmedsam2.training.supervised import start_checkpoint
+
+    (tmp_path / "fold_all").mkdir()
+    (tmp_path / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    assert start_checkpoint(tmp_path, "3") == tmp_path / "fold_all" / "checkpoint_final.pth"
+    with pytest.raises(SSLMedSAM2Error, match="no trained fold to warm-start from"):
+        start_checkpoint(tmp_path / "fold_all", "0")
+
+
 def test_fusing_needs_a_few_shot_engine(tmp_path):
     with pytest.raises(UsageError, match="fuse_labelled_only needs a few-shot engine"):
         build_config({"data": {"train": "x"},

@@ -130,6 +130,10 @@ class LoopConfig:
     cases; when a round reproduces their masks worse than an earlier round by more than
     ``drift_tolerance`` (mean Dice), the loop stops and the final model comes from the best
     round instead of the last.
+
+    ``warm_start``: each round's nnU-Net starts from the weights (and plans) of the model before
+    it, the previous round's, or for round 1 the labelled-only partner of a fused round 0
+    (``pseudo_labels.fuse_labelled_only``), instead of from scratch; off in the paper's setting.
     """
 
     max_rounds: int = 3
@@ -138,6 +142,7 @@ class LoopConfig:
     choose_export_folds: int = 2
     keep_best_round: bool = True
     drift_tolerance: float = 0.005
+    warm_start: bool = False
     seed: int = 0
     device: str = "auto"
     dataset_id: int = 600
@@ -338,6 +343,8 @@ choose_export = true              # export SSL or labelled-only, whichever score
 choose_export_folds = 2           # cases left out of training (2 trainings per fold; needs >= 2 labels)
 keep_best_round = true            # stop at drift: final model from the round that best fits the labelled masks
 drift_tolerance = 0.005           # drift = labelled-mask Dice this far below an earlier round's
+warm_start = false                # each round starts from the previous round's weights (round 1:
+                                  # the fused round 0's labelled-only model), not from scratch
 seed = 0
 device = "auto"                   # auto | cpu | cuda
 dataset_id = 600                  # nnU-Net dataset ids used: dataset_id + round

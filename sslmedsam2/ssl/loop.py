@@ -51,7 +51,7 @@ from sslmedsam2.ssl.config import SSLConfig
 from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
 from sslmedsam2.ssl.export_choice import LABELLED_ONLY, SSL, choose_export, rebuild_training_set
 from sslmedsam2.supports import Support
-from sslmedsam2.training.supervised import TrainingProfile, check_folds, fit_nnunet
+from sslmedsam2.training.supervised import TrainingProfile, check_folds, fit_nnunet, trained_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class SemiSupervisedRun:
         record = StepRecord(sequence=cases.sequence, step=step, seconds=0.0, engine="nnunet",
                             labelled=len(cases.labelled))
         model, profile = self._train(cases, previous, folder, self.config.intermediate, number,
-                                     record)
+                                     record, self._warm_start(cases, number))
         engine = self._nnunet_engine(cases.sequence, model, profile)
         log.info("%s %s: predicting %d unlabelled case(s) with the %s ensemble", cases.sequence,
                  step, len(cases.unlabelled), ",".join(profile.folds), extra=FILE_ONLY)
@@ -325,6 +325,22 @@ class SemiSupervisedRun:
                  cases.sequence, step, record.seconds, _fmt(record.change_dice_mean),
                  _fmt(record.labelled_dice_mean), _fmt(record.holdout_dice_mean))
         return write_record(folder, record)
+
+    def _warm_start(self, cases: SequenceCases, number: int) -> Path | None:
+        """The model round ``number`` starts from with ``loop.warm_start``: the previous round's,
+        or for round 1 the fused round 0's labelled-only partner (None: from scratch)."""
+        if not self.config.loop.warm_start:
+            return None
+        if number > 1:
+            previous = read_record(self.step_dir(cases.sequence, f"round_{number - 1:02d}"))
+            return Path(previous.model) if previous and previous.model else None
+        if not self.config.pseudo_labels.fuse_labelled_only:
+            return None
+        partner = trained_model_folder(
+            self.step_dir(cases.sequence, "round_00") / "labelled_only" / "nnunet",
+            self.config.intermediate.resolve(len(cases.labelled)), cases.sequence,
+            self.config.loop.dataset_id)
+        return partner if partner.is_dir() else None
 
     def _labelled_fit(self, engine: EngineRecipe, cases: SequenceCases, folder: Path) -> float | None:
         """Mean Dice of this round's model on the labelled cases' own masks. They are training
@@ -420,8 +436,10 @@ class SemiSupervisedRun:
 
     # -- pieces -----------------------------------------------------------------------------
     def _train(self, cases: SequenceCases, pseudo_dir: Path | None, folder: Path, schedule,
-               number: int, record: StepRecord) -> tuple[Path, TrainingProfile]:
-        """nnU-Net on labelled + kept pseudo labels from ``pseudo_dir`` (None: labelled only)."""
+               number: int, record: StepRecord, warm_start: Path | None = None
+               ) -> tuple[Path, TrainingProfile]:
+        """nnU-Net on labelled + kept pseudo labels from ``pseudo_dir`` (None: labelled only),
+        from scratch or from the ``warm_start`` model's weights."""
         kept: list[Support] = []
         verdicts: list[Verdict] = []
         if pseudo_dir is not None:
@@ -440,14 +458,16 @@ class SemiSupervisedRun:
         check_folds(profile, len(training), f"the {cases.sequence} training set")
         record.pseudo_kept, record.pseudo_dropped = len(kept), len(record.dropped or {})
         log.info("%s %s: nnU-Net %s (%s, folds %s) on %d case(s): %d labelled + %d pseudo "
-                 "(%d left out)", cases.sequence, folder.name, profile.name,
+                 "(%d left out)%s", cases.sequence, folder.name, profile.name,
                  profile.configuration, ",".join(profile.folds), len(training),
-                 len(cases.labelled), len(kept), record.pseudo_dropped)
+                 len(cases.labelled), len(kept), record.pseudo_dropped,
+                 f", warm-started from {warm_start}" if warm_start else "")
         ignore = self.config.pseudo_labels.ignore_uncertainty_above is not None and bool(kept)
         model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
                            self.config.loop.dataset_id, self.device, available_cpus(), ignore=ignore,
                            executor=self.executor, seed=self.config.loop.seed + number,
-                           label=f"{cases.sequence} {folder.name}", show_progress=self.progress)
+                           label=f"{cases.sequence} {folder.name}", show_progress=self.progress,
+                           warm_start=warm_start)
         record.model, record.folds = str(model), list(profile.folds)
         record.trained_on = [c.case for c in training]
         return model, profile

@@ -150,27 +150,36 @@ def write_raw_dataset(cases: list[Support], raw_root: Path, dataset_name: str,
     return folder
 
 
-def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes: int) -> dict:
-    """Fingerprint + plan + preprocess with nnU-Net; narrows the network for light profiles."""
+def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes: int,
+                        reuse: dict | None = None) -> dict:
+    """Fingerprint + plan + preprocess with nnU-Net; narrows the network for light profiles.
+    ``reuse``: another model's plans, taken as they are (a warm start needs its architecture)."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
         plan_experiments,
         preprocess,
     )
-    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     # planning calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1
     with quiet_stdout(), scoped_environ(nnUNet_n_proc_DA=str(max(1, num_processes))):
         extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True,
                              verbose=False, show_progress_bar=False)
-        plan_experiments([dataset_id], gpu_memory_target_in_gb=profile.vram_target_gb)
-    plans_file = Path(nnUNet_preprocessed.require()) / convert_id_to_dataset_name(dataset_id) / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
-    if profile.width_divisor > 1:
-        arch = plans["configurations"][profile.configuration]["architecture"]["arch_kwargs"]
-        arch["features_per_stage"] = [max(4, f // profile.width_divisor) for f in arch["features_per_stage"]]
-        plans_file.write_text(json.dumps(plans, indent=2))
+        if reuse is None:
+            plan_experiments([dataset_id], gpu_memory_target_in_gb=profile.vram_target_gb)
+    dataset_name = convert_id_to_dataset_name(dataset_id)
+    plans_file = Path(nnUNet_preprocessed.require()) / dataset_name / "nnUNetPlans.json"
+    if reuse is not None:  # nnU-Net's planner would also have copied dataset.json
+        plans = {**reuse, "dataset_name": dataset_name}
+        shutil.copy2(Path(nnUNet_raw.require()) / dataset_name / "dataset.json", plans_file.parent)
+    else:
+        plans = json.loads(plans_file.read_text())
+        if profile.width_divisor > 1:
+            arch = plans["configurations"][profile.configuration]["architecture"]["arch_kwargs"]
+            arch["features_per_stage"] = [max(4, f // profile.width_divisor)
+                                          for f in arch["features_per_stage"]]
+    plans_file.write_text(json.dumps(plans, indent=2))
     with quiet_stdout():
         preprocess([dataset_id], configurations=(profile.configuration,),
                    num_processes=(num_processes,), verbose=False, show_progress_bar=False)
@@ -178,8 +187,10 @@ def plan_and_preprocess(dataset_id: int, profile: TrainingProfile, num_processes
 
 
 def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProfile, device,
-               log_path: Path, label: str, show_progress: bool = True) -> Path:
+               log_path: Path, label: str, show_progress: bool = True,
+               start_from: Path | None = None) -> Path:
     """Train one fold with the profile's schedule; returns the model folder nnU-Net wrote.
+    ``start_from``: a checkpoint of the same architecture whose weights training starts from.
 
     nnU-Net's own output goes to ``log_path``; the terminal gets a progress bar and warnings
     (see :mod:`sslmedsam2.training.display`)."""
@@ -196,6 +207,12 @@ def train_fold(plans: dict, dataset_json: dict, fold: str, profile: TrainingProf
         trainer.num_iterations_per_epoch = profile.iterations_per_epoch
         trainer.num_val_iterations_per_epoch = profile.val_iterations_per_epoch
         trainer.save_every = max(1, profile.epochs)
+        if start_from is not None:
+            import torch
+
+            trainer.initialize()
+            checkpoint = torch.load(start_from, map_location="cpu", weights_only=False)
+            trainer.network.load_state_dict(checkpoint["network_weights"])
         # augmentation in the main process: worker pools die under small shared memory and gain
         # nothing on 2 cores
         with attach_epoch_bar(trainer, label, show_progress), \
@@ -229,8 +246,11 @@ _DONE = ".sslmedsam2-done"
 def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, sequence: str,
                dataset_id: int, device, num_processes: int, ignore: bool = False,
                executor: Executor | None = None, seed: int | None = None, label: str = "",
-               show_progress: bool = True) -> Path:
+               show_progress: bool = True, warm_start: Path | None = None) -> Path:
     """Raw dataset -> plan/preprocess -> every fold of ``profile``; returns the model folder.
+
+    ``warm_start``: a trained model folder (same configuration) whose plans this training takes
+    and whose weights each fold starts from (its fold of the same name, else its first).
 
     Each fold shows a progress bar named ``label`` (default: the sequence) unless
     ``show_progress`` is off; nnU-Net's output goes to ``work_dir/fold_<fold>.log``.
@@ -243,8 +263,8 @@ def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, s
     """
     work_dir = Path(work_dir).resolve()
     dataset_name = f"Dataset{dataset_id:03d}_SSL{sequence}"
+    model_folder = trained_model_folder(work_dir, profile, sequence, dataset_id)
     with nnunet_environment(work_dir) as paths:
-        model_folder = paths["nnUNet_results"] / dataset_name / profile.model_folder_name
         raw_done, plan_done = work_dir / f"{_DONE}-raw", work_dir / f"{_DONE}-plan"
         if not raw_done.is_file():
             plan_done.unlink(missing_ok=True)
@@ -253,21 +273,40 @@ def fit_nnunet(cases: list[Support], work_dir: Path, profile: TrainingProfile, s
             raw_done.touch()
         if not plan_done.is_file():
             shutil.rmtree(model_folder, ignore_errors=True)
-            plan_and_preprocess(dataset_id, profile, num_processes)
+            reuse = json.loads((warm_start / "plans.json").read_text()) if warm_start else None
+            plan_and_preprocess(dataset_id, profile, num_processes, reuse)
             plan_done.touch()
     todo = [fold for fold in profile.folds if not (model_folder / f"fold_{fold}" / _DONE).is_file()]
+    starts = {fold: start_checkpoint(warm_start, fold) if warm_start else None for fold in todo}
     for fold in sorted(set(profile.folds) - set(todo)):
         log.info("%s fold %s already trained (%s)", sequence, fold, model_folder)
     executor = executor or LocalExecutor()
     where = executor.fold_device(str(device))
     seconds = executor.run_tasks(
         train_fold_task, [(work_dir, dataset_name, fold, profile, where, fold_seed(seed, fold),
-                           f"{label or sequence} fold {fold}", show_progress) for fold in todo],
+                           f"{label or sequence} fold {fold}", show_progress, starts[fold])
+                          for fold in todo],
         desc=f"{sequence} folds")
     for fold, took in zip(todo, seconds):
         log.info("%s fold %s trained in %.0f s", label or sequence, fold, took,
                  extra=FILE_ONLY if show_progress else None)
     return model_folder
+
+
+def trained_model_folder(work_dir: Path, profile: TrainingProfile, sequence: str,
+                         dataset_id: int) -> Path:
+    """Where :func:`fit_nnunet` with these arguments leaves its model."""
+    return (Path(work_dir).resolve() / "nnUNet_results" / f"Dataset{dataset_id:03d}_SSL{sequence}"
+            / profile.model_folder_name)
+
+
+def start_checkpoint(model_folder: Path, fold: str) -> Path:
+    """The checkpoint a warm-started ``fold`` begins from: the same fold's, else the first."""
+    same = model_folder / f"fold_{fold}" / "checkpoint_final.pth"
+    found = [same] if same.is_file() else sorted(model_folder.glob("fold_*/checkpoint_final.pth"))
+    if not found:
+        raise SSLMedSAM2Error(f"{model_folder}: no trained fold to warm-start from")
+    return found[0]
 
 
 def fold_seed(seed: int | None, fold: str) -> int | None:
@@ -276,7 +315,7 @@ def fold_seed(seed: int | None, fold: str) -> int | None:
 
 def train_fold_task(work_dir: Path, dataset_name: str, fold: str, profile: TrainingProfile,
                     device: str, seed: int | None = None, label: str = "",
-                    show_progress: bool = True) -> float:
+                    show_progress: bool = True, start_from: Path | None = None) -> float:
     """One fold of a planned dataset under ``work_dir``, then its done marker; returns seconds.
     Reads the preprocessed data and plans, writes only ``fold_<fold>/`` (and nnU-Net's copies
     of plans.json and dataset.json beside it), so folds can train at once on different nodes."""
@@ -289,7 +328,8 @@ def train_fold_task(work_dir: Path, dataset_name: str, fold: str, profile: Train
         if seed is not None:
             seed_everything(seed)
         train_fold(plans, dataset_json, fold, profile, resolve_device(device),
-                   Path(work_dir) / f"fold_{fold}.log", label or f"fold {fold}", show_progress)
+                   Path(work_dir) / f"fold_{fold}.log", label or f"fold {fold}", show_progress,
+                   start_from)
         (model_folder / f"fold_{fold}" / _DONE).touch()
     return time.perf_counter() - started
 
