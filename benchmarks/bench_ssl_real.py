@@ -21,7 +21,7 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
         [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
-        [--warm-start] [--vote-only]
+        [--warm-start] [--vote-only] [--skip-fully-supervised]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -92,6 +92,9 @@ def parse_args() -> argparse.Namespace:
                         help="SSL arms (named '... warm', own run folders) start each round from "
                              "the model before it (loop.warm_start; round 1 from the labelled-only "
                              "partner with --fuse)")
+    parser.add_argument("--skip-fully-supervised", action="store_true",
+                        help="leave the fully supervised arm out (e.g. already measured: its "
+                             "training is seeded and gives the same model again)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
     parser.add_argument("--json", type=Path, default=None)
@@ -110,9 +113,9 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
     training = [p for p in patients if p not in held_out]
     order = np.random.default_rng([args.seed, index]).permutation(len(training))
     holdout = link_collection(root / "holdout", held_out, labelled=held_out)
-    rows = arm_rows(index, "fully supervised", len(training), root / "fully_supervised",
-                    link_collection(root / "train_full", training, labelled=training), holdout,
-                    "none", args)
+    rows = [] if args.skip_fully_supervised else arm_rows(
+        index, "fully supervised", len(training), root / "fully_supervised",
+        link_collection(root / "train_full", training, labelled=training), holdout, "none", args)
     for count in args.labels:
         labelled = [training[i] for i in order[:count]]
         train = link_collection(root / f"train_L{count}", training, labelled)

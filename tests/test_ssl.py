@@ -267,12 +267,12 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
 def test_warm_started_round_starts_from_the_labelled_only_partner(ssl_data, tmp_path):
     """With ``warm_start``, round 1 takes the fused round 0's labelled-only model's plans and
     weights: after a few iterations its weights still follow the partner's (a fresh network's
-    would be uncorrelated with them)."""
+    would be uncorrelated with them). The export choice's SSL models start likewise."""
     import torch
 
     raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "min_volume_ml": 1,
                                               "atlas_method": "affine"},
-                     loop={"warm_start": True})
+                     loop={"warm_start": True, "choose_export": True})
     result = run_ssl(build_config(raw, Path.cwd()), tmp_path / "run", progress=False)
     partner = next((tmp_path / "run" / "GED4" / "round_00" / "labelled_only").rglob("plans.json")).parent
     round_one = Path(result.records[1].model)
@@ -286,6 +286,11 @@ def test_warm_started_round_starts_from_the_labelled_only_partner(ssl_data, tmp_
         return np.concatenate([v.flatten().numpy() for k, v in state.items() if k.endswith("weight")])
 
     assert np.corrcoef(weights(partner), weights(round_one))[0, 1] > 0.9
+    # the export choice mirrors it: each group's SSL model starts from its labelled-only model
+    choice = tmp_path / "run" / "GED4" / "export_choice"
+    ssl, labelled_only = (next((choice / f"{arm}_fold0").rglob("plans.json")).parent
+                          for arm in ("ssl", "labelled-only"))
+    assert np.corrcoef(weights(labelled_only), weights(ssl))[0, 1] > 0.9
 
 
 def test_a_warm_start_without_a_trained_model_says_so(tmp_path):

@@ -6,7 +6,9 @@ few-shot engine that fails on some anatomy teach those failures). Which of the t
 better is measured by cross-validation over the labelled cases (``loop.choose_export_folds``
 groups; leave-one-out when there are that few): for each group, both training sets are rebuilt
 without it (the SSL one keeps its pseudo-labelled cases), trained with the rounds' (intermediate)
-schedule on one fold, the cheaper of the two, and scored on the group's own masks. The held-out split is never looked at. With fewer than
+schedule on one fold, the cheaper of the two, and scored on the group's own masks; where the
+loop warm-starts round 1 from a labelled-only model, the SSL training here starts from the
+group's labelled-only model likewise. The held-out split is never looked at. With fewer than
 two labelled cases nothing can be measured: the SSL model is exported, and the report says it is
 unchecked. Cost: two trainings per group.
 """
@@ -73,15 +75,17 @@ def choose_export(run: "SemiSupervisedRun", cases: "SequenceCases", final: "Step
         ssl_set = rebuild_training_set(cases, final.trained_on or [], labels_dir)
         labelled_names = {s.case for s in cases.labelled}
         pseudo = [s for s in ssl_set if s.case not in labelled_names]
+        ignore = bool(pseudo) and run.config.pseudo_labels.ignore_uncertainty_above is not None
         for number, group in enumerate(groups):
             left_out = [cases.labelled[i] for i in group]
             others = [s for s in cases.labelled if s not in left_out]
-            for arm, training, scores in ((SSL, others + pseudo, choice.ssl_dice),
-                                          (LABELLED_ONLY, others, choice.labelled_only_dice)):
-                ignore = (arm == SSL and bool(pseudo)
-                          and run.config.pseudo_labels.ignore_uncertainty_above is not None)
-                scores.update(_left_out_dice(run, cases, training, left_out,
-                                             folder / f"{arm}_fold{number}", number, ignore))
+            model, scores = _left_out_dice(run, cases, others, left_out,
+                                           folder / f"{LABELLED_ONLY}_fold{number}", number)
+            choice.labelled_only_dice.update(scores)
+            _, scores = _left_out_dice(run, cases, others + pseudo, left_out,
+                                       folder / f"{SSL}_fold{number}", number, ignore,
+                                       model if _warm_started(run) else None)
+            choice.ssl_dice.update(scores)
         better = choice.labelled_only_mean > choice.ssl_mean
         choice.exported = LABELLED_ONLY if better else SSL
         choice.reason = (f"Dice on labelled cases left out of training ({len(groups)}-fold over "
@@ -109,17 +113,25 @@ def rebuild_training_set(cases: "SequenceCases", trained_on: list[str],
                                           queries[case].vendor) for case in trained_on]
 
 
+def _warm_started(run: "SemiSupervisedRun") -> bool:
+    """Whether the SSL model's first round started from a labelled-only model, which the
+    comparison then mirrors (``loop.warm_start`` with a fused round 0)."""
+    return run.config.loop.warm_start and run.config.pseudo_labels.fuse_labelled_only
+
+
 def _left_out_dice(run: "SemiSupervisedRun", cases: "SequenceCases", training: list[Support],
-                   left_out: list[Support], folder: Path, number: int,
-                   ignore: bool) -> dict[str, float]:
-    """Train on ``training`` (intermediate schedule, one fold), segment ``left_out``, score them."""
+                   left_out: list[Support], folder: Path, number: int, ignore: bool = False,
+                   warm_start: Path | None = None) -> tuple[Path, dict[str, float]]:
+    """Train on ``training`` (intermediate schedule, one fold; from ``warm_start``'s weights if
+    given), segment ``left_out``, score them; returns the model too."""
     from sslmedsam2.ssl.loop import mask_dice
 
     profile = replace(run.config.intermediate.resolve(len(training)), folds=("all",))
     model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
                        run.config.loop.dataset_id, run.device, available_cpus(), ignore=ignore,
                        executor=run.executor, seed=run.config.loop.seed + 200 + number,
-                       label=f"{cases.sequence} {folder.name}", show_progress=run.progress)
+                       label=f"{cases.sequence} {folder.name}", show_progress=run.progress,
+                       warm_start=warm_start)
     engine = run._nnunet_engine(cases.sequence, model, profile)
     queries = [Query(s.case, s.image, s.vendor) for s in left_out]
     run._label(engine, queries, folder / "prediction", cases.sequence, largest_only=True)
@@ -128,7 +140,7 @@ def _left_out_dice(run: "SemiSupervisedRun", cases: "SequenceCases", training: l
         prediction = folder / "prediction" / support.case / f"{cases.sequence}.nii.gz"
         scores[support.case] = (round(mask_dice(prediction, support.mask), 4)
                                 if prediction.is_file() else 0.0)
-    return scores
+    return model, scores
 
 
 def _mean(scores: dict[str, float]) -> float | None:
