@@ -21,7 +21,7 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
         [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
-        [--warm-start] [--vote-only] [--skip-fully-supervised]
+        [--warm-start] [--vote-only] [--skip-fully-supervised] [--skip-ssl]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -95,6 +95,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-fully-supervised", action="store_true",
                         help="leave the fully supervised arm out (e.g. already measured: its "
                              "training is seeded and gives the same model again)")
+    parser.add_argument("--skip-ssl", action="store_true",
+                        help="labelled-only (and fully supervised) arms only, e.g. a longer "
+                             "labelled-only schedule as a control, in its own --work")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
     parser.add_argument("--json", type=Path, default=None)
@@ -121,6 +124,8 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
         train = link_collection(root / f"train_L{count}", training, labelled)
         rows += arm_rows(index, "labelled-only", count, root / f"labelled_only_L{count}", train,
                          holdout, "none", args)
+        if args.skip_ssl:
+            continue
         name, folder = ssl_arm_name(count, args)
         if args.fuse:
             reuse_labelled_only(root / f"labelled_only_L{count}", root / folder)
