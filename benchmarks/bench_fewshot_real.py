@@ -47,8 +47,10 @@ from sslmedsam2.registration.local_weighting import LocalWeighting
 from sslmedsam2.registration.syn import SynConfig
 from sslmedsam2.supports import Support
 
-#: the methods compared: the engine's default SyN, ANTs' quick SyN schedule, SimpleITK's affine
+#: the methods compared: the engine's default SyN, SyN from a similarity map (one scale for every
+#: axis), ANTs' quick SyN schedule, SimpleITK's affine
 METHODS = {"syn": AtlasConfig(method="syn"),
+           "syn-similarity": AtlasConfig(method="syn", syn=SynConfig(start="similarity")),
            "syn-quick": AtlasConfig(method="syn", syn=SynConfig.quick()),
            "affine": AtlasConfig(method="affine")}
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"

@@ -24,9 +24,15 @@ class SynConfig:
     """ANTs' schedule: ``transform`` is an antspyx ``type_of_transform`` (the default runs rigid,
     affine, then SyN, all with mutual information). The SyN field is smoothed harder than ANTs'
     quick script (``flow_sigma`` 6 and ``total_sigma`` 1 voxels, against 3 and 0): unconstrained,
-    SyN pulled the liver onto neighbouring organs on some patients (benchmarks/RESULTS.md)."""
+    SyN pulled the liver onto neighbouring organs on some patients (benchmarks/RESULTS.md).
+
+    ``start``: the linear map SyN starts from. ``affine`` is ANTs' own rigid + affine; ``similarity``
+    allows one scale for all three axes, so a support's liver cannot be stretched along the slices
+    to fill a query whose scan covers less of the abdomen (supports' livers reached 4-10 slices
+    below the query's, onto the bowel)."""
 
     transform: str = "SyN"
+    start: str = "affine"
     flow_sigma: float = 6.0
     total_sigma: float = 1.0
     iterations: tuple[int, ...] = (100, 70, 50, 0)
@@ -47,22 +53,39 @@ def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image
 
     workdir = tempfile.mkdtemp(prefix="sslmedsam2-syn-")
     try:
-        result = ants.registration(
-            ants.from_sitk(normalised(fixed)), ants.from_sitk(normalised(moving)),
-            type_of_transform=config.transform, outprefix=os.path.join(workdir, "tx_"),
-            flow_sigma=config.flow_sigma, total_sigma=config.total_sigma,
-            reg_iterations=config.iterations)
+        transforms = _register(ants.from_sitk(normalised(fixed)), ants.from_sitk(normalised(moving)),
+                               config, workdir)
         reference = ants.from_sitk(sitk.Cast(query, sitk.sitkFloat32))
 
         def carried(moved: sitk.Image) -> np.ndarray:
-            warped = ants.apply_transforms(reference, ants.from_sitk(moved), result["fwdtransforms"],
-                                           interpolator="linear")
+            warped = ants.apply_transforms(reference, ants.from_sitk(moved), transforms, interpolator="linear")
             return sitk.GetArrayFromImage(ants.to_sitk(warped)).astype(np.float32)
 
         return (np.clip(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), 0.0, 1.0),
                 carried(normalised(image)) if with_image else None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+STARTS = ("affine", "similarity")
+
+
+def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, config: SynConfig,
+              workdir: str) -> list[str]:
+    """The forward transform files of ``moving`` -> ``fixed`` under ``config``'s start."""
+    import ants
+
+    if config.start not in STARTS:
+        raise ValueError(f"SyN start {config.start!r}: choose from {', '.join(STARTS)}")
+    syn = dict(flow_sigma=config.flow_sigma, total_sigma=config.total_sigma,
+               reg_iterations=config.iterations)
+    if config.start == "affine":
+        return ants.registration(fixed, moving, type_of_transform=config.transform,
+                                 outprefix=os.path.join(workdir, "tx_"), **syn)["fwdtransforms"]
+    start = ants.registration(fixed, moving, type_of_transform="Similarity",
+                              outprefix=os.path.join(workdir, "start_"))["fwdtransforms"]
+    return ants.registration(fixed, moving, type_of_transform="SyNOnly", initial_transform=start,
+                             outprefix=os.path.join(workdir, "tx_"), **syn)["fwdtransforms"]
 
 
 def normalised(image: sitk.Image) -> sitk.Image:
