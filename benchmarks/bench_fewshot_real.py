@@ -47,9 +47,10 @@ from sslmedsam2.registration.local_weighting import LocalWeighting
 from sslmedsam2.registration.syn import SynConfig
 from sslmedsam2.supports import Support
 
-#: the methods compared: the engine's default SyN, SyN from a similarity map (one scale for every
-#: axis), ANTs' quick SyN schedule, SimpleITK's affine
-METHODS = {"syn": AtlasConfig(method="syn"),
+#: the methods compared: SyN from ANTs' affine (the engine's default before attempt 5), SyN from a
+#: similarity map (one scale for every axis; today's default), ANTs' quick SyN schedule, SimpleITK's
+#: affine
+METHODS = {"syn": AtlasConfig(method="syn", syn=SynConfig(start="affine")),
            "syn-similarity": AtlasConfig(method="syn", syn=SynConfig(start="similarity")),
            "syn-quick": AtlasConfig(method="syn", syn=SynConfig.quick()),
            "affine": AtlasConfig(method="affine")}

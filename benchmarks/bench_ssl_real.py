@@ -78,6 +78,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--atlas-method", default="syn")
+    parser.add_argument("--atlas-syn-start", default="similarity", choices=["similarity", "affine"],
+                        help="the linear map SyN starts from (attempts 1-6 used affine)")
     parser.add_argument("--vote-only", action="store_true",
                         help="round 0's atlas as a plain vote: no local weighting, no intensity "
                              "correction (as before they existed; folds 0 and 1 of the fused "
@@ -171,6 +173,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                 **({"epochs": args.epochs} if args.epochs else {})}
     raw = {"data": {"train": str(train), "sequences": [SEQUENCE], "holdout_images": str(holdout)},
            "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method,
+                             "atlas_syn_start": args.atlas_syn_start,
                              "atlas_weighting": not args.vote_only,
                              "atlas_intensity": not args.vote_only,
                              **(FUSED if args.fuse and engine != "none" else {})},

@@ -84,6 +84,7 @@ def test_train_with_a_read_only_home_keeps_caches_in_a_temp_folder(tmp_path):
     ({"data": {}}, "train = '<CARE training folder>' is required"),
     ({"data": {"train": "x"}, "pseudo_labels": {"engine": "sam2"}}, "needs pseudo_labels.checkpoint"),
     ({"data": {"train": "x"}, "pseudo_labels": {"engine": "magic"}}, "choose from atlas, sam2, none"),
+    ({"data": {"train": "x"}, "pseudo_labels": {"atlas_syn_start": "rigid"}}, "choose from affine, similarity"),
     ({"data": {"train": "x", "sequences": ["GED4", "T1"]}, "pseudo_labels": {"engine": "none"}},
      "one sequence has labels"),
     ({"data": {"train": "x", "holdout_labels": "y"}}, "holdout_labels needs data.holdout_images"),

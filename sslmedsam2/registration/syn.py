@@ -21,18 +21,18 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class SynConfig:
-    """ANTs' schedule: ``transform`` is an antspyx ``type_of_transform`` (the default runs rigid,
-    affine, then SyN, all with mutual information). The SyN field is smoothed harder than ANTs'
+    """ANTs' schedule: ``transform`` is the antspyx ``type_of_transform`` of the ``affine`` start
+    (the default runs rigid, affine, then SyN, all with mutual information). The SyN field is smoothed harder than ANTs'
     quick script (``flow_sigma`` 6 and ``total_sigma`` 1 voxels, against 3 and 0): unconstrained,
     SyN pulled the liver onto neighbouring organs on some patients (benchmarks/RESULTS.md).
 
-    ``start``: the linear map SyN starts from. ``affine`` is ANTs' own rigid + affine; ``similarity``
-    allows one scale for all three axes, so a support's liver cannot be stretched along the slices
-    to fill a query whose scan covers less of the abdomen (supports' livers reached 4-10 slices
-    below the query's, onto the bowel)."""
+    ``start``: the linear map SyN starts from. ``similarity`` (default) allows one scale for all
+    three axes, so a support's liver cannot be stretched along the slices to fill a query whose
+    scan covers less of the abdomen: from ANTs' own rigid + affine (``affine``), supports' livers
+    reached 4-10 slices below the query's, onto the bowel (benchmarks/RESULTS.md, attempt 5)."""
 
     transform: str = "SyN"
-    start: str = "affine"
+    start: str = "similarity"
     flow_sigma: float = 6.0
     total_sigma: float = 1.0
     iterations: tuple[int, ...] = (100, 70, 50, 0)
@@ -40,7 +40,7 @@ class SynConfig:
     @classmethod
     def quick(cls) -> "SynConfig":
         """ANTs' antsRegistrationSyNQuick.sh schedule, as antspyx recreates it."""
-        return cls(transform="antsRegistrationSyNQuick[s]", flow_sigma=3.0, total_sigma=0.0)
+        return cls(transform="antsRegistrationSyNQuick[s]", flow_sigma=3.0, total_sigma=0.0, start="affine")
 
 
 def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image: sitk.Image,

@@ -16,6 +16,7 @@ import tomllib
 from sslmedsam2.datasets import LAYOUTS
 from sslmedsam2.errors import UsageError
 from sslmedsam2.registration.label_propagation import METHODS as ATLAS_METHODS
+from sslmedsam2.registration.syn import STARTS as SYN_STARTS
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4, valid_sequence_name
 from sslmedsam2.training.supervised import PROFILES, TrainingProfile
 
@@ -50,6 +51,8 @@ class PseudoLabelConfig:
     (train on the labelled cases only: the supervised baseline). ``atlas_method``: syn (ANTs'
     deformable registration, what holds across real patients), affine (SimpleITK, fast, what
     holds across sequences) or auto (syn within the labelled sequence, affine across).
+    ``atlas_syn_start``: the linear map SyN starts from, similarity (one scale for all axes) or
+    affine (ANTs' own; what the recorded CHAOS SSL figures used).
     ``atlas_weighting``: within the labelled sequence, each support's vote is weighted voxel by
     voxel by how its warped image matches the query (``registration.local_weighting``; False:
     every support counts the same). ``atlas_intensity``: the atlas's vote is corrected by each
@@ -68,6 +71,7 @@ class PseudoLabelConfig:
 
     engine: str = "atlas"
     atlas_method: str = "auto"
+    atlas_syn_start: str = "similarity"
     atlas_weighting: bool = True
     atlas_intensity: bool = True
     checkpoint: Path | None = None
@@ -181,6 +185,9 @@ def check_config(config: SSLConfig) -> None:
     if labels.atlas_method not in ATLAS_METHODS:
         problems.append(f"pseudo_labels.atlas_method: {labels.atlas_method!r} (choose from "
                         f"{', '.join(ATLAS_METHODS)})")
+    if labels.atlas_syn_start not in SYN_STARTS:
+        problems.append(f"pseudo_labels.atlas_syn_start: {labels.atlas_syn_start!r} (choose from "
+                        f"{', '.join(SYN_STARTS)})")
     if labels.engine == "sam2" and labels.checkpoint is None:
         problems.append("pseudo_labels.engine = 'sam2' needs pseudo_labels.checkpoint")
     if labels.fuse_labelled_only and labels.engine == "none":
@@ -311,6 +318,7 @@ labelled_sequence = "GED4"        # CARE: whose masks are the supports of every 
 engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
 atlas_method = "auto"             # atlas: auto (syn within the labelled sequence, affine across)
                                   # | syn (ANTs deformable, real anatomy) | affine (fast)
+atlas_syn_start = "similarity"    # syn: the linear map it starts from: similarity | affine
 atlas_weighting = true            # atlas: weight each support by local likeness to the query
 atlas_intensity = true            # atlas: correct the vote by the query's own intensities
 # checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only

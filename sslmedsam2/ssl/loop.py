@@ -160,9 +160,10 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
     if labels.engine == "atlas":
         from sslmedsam2.engines.atlas import AtlasEngine
         from sslmedsam2.registration.label_propagation import AtlasConfig
+        from sslmedsam2.registration.syn import SynConfig
 
-        atlas = AtlasConfig(method=labels.atlas_method, weighted=labels.atlas_weighting,
-                            intensity=labels.atlas_intensity)
+        atlas = AtlasConfig(method=labels.atlas_method, syn=SynConfig(start=labels.atlas_syn_start),
+                            weighted=labels.atlas_weighting, intensity=labels.atlas_intensity)
         return AtlasEngine(supports, atlas,
                            max_supports=labels.max_supports, origin=str(config.data.train),
                            support_sequence=labelled_sequence(config))
