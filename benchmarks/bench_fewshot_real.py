@@ -14,7 +14,7 @@ Printed per method and k: whole-volume 3D Dice (mean +- sd, min), the few-shot l
 per query (the sum of its supports' registrations and the fusion, measured here, side by side).
 Resumable: each (query, support, method) warp (mask and image) is kept in --work.
 
-    python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn affine] [--supports 1 3]
+    python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn-similarity affine] [--supports 1 3]
         [--seed 0] [--work runs/bench_fewshot_real] [--json benchmarks/fewshot_real.json]
 """
 
@@ -61,13 +61,19 @@ PUBLISHED = {"FoB+SAM": (85.6, 82.4), "GMRD": (81.4, 80.3), "SSL-ALPNet": (76.1,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--methods", nargs="+", default=["syn", "syn-quick", "affine"],
-                        choices=list(METHODS))
-    parser.add_argument("--supports", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="a labelled collection, read in place (default: %(default)s)")
+    parser.add_argument("--methods", nargs="+", default=["syn-similarity", "affine"],
+                        choices=list(METHODS),
+                        help="registration methods, side by side (default: %(default)s): syn-similarity "
+                             "is the engine's default, syn its earlier affine start, affine the fast engine")
+    parser.add_argument("--supports", type=int, nargs="+", default=[1, 3],
+                        help="support counts scored per query; each draw extends the smaller one "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the support draws")
     parser.add_argument("--queries", type=int, default=None, help="first N patients only")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench_fewshot_real"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_fewshot_real"),
+                        help="cache of warped supports (delete it to time every registration afresh)")
     parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
     args = parser.parse_args()
     patients = require_clean(read_collection(args.data, "MR")).labelled

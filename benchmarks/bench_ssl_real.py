@@ -69,15 +69,21 @@ def main() -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--only-folds", type=int, nargs="+", default=None)
-    parser.add_argument("--labels", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--profile", default="cpu-quick")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--max-rounds", type=int, default=2)
-    parser.add_argument("--atlas-method", default="syn")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="a labelled collection, read in place (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (seeded split)")
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None,
+                        help="run these fold indices only (0-based), e.g. to split the work over sessions")
+    parser.add_argument("--labels", type=int, nargs="+", default=[1, 3],
+                        help="labelled patients in each fold's training part (default: %(default)s)")
+    parser.add_argument("--profile", default="cpu-quick",
+                        help="nnU-Net training profile of every arm (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the profile's epochs (12 iterations each on cpu-quick)")
+    parser.add_argument("--max-rounds", type=int, default=2, help="SSL rounds after round 0")
+    parser.add_argument("--atlas-method", default="syn",
+                        help="round 0's registration: syn (default) or affine")
     parser.add_argument("--atlas-syn-start", default="similarity", choices=["similarity", "affine"],
                         help="the linear map SyN starts from (attempts 1-6 used affine)")
     parser.add_argument("--vote-only", action="store_true",
@@ -100,9 +106,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-ssl", action="store_true",
                         help="labelled-only (and fully supervised) arms only, e.g. a longer "
                              "labelled-only schedule as a control, in its own --work")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"))
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold split and label draw")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"),
+                        help="run folders, one per fold and arm; the same --work resumes")
+    parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
     return parser.parse_args()
 
 
