@@ -11,7 +11,9 @@ from scipy import ndimage
 from test_atlas import _dice, _shifted
 
 from sslmedsam2.registration.intensity_refinement import (
+    MIN_SLICES_TO_OPEN,
     IntensityRefinement,
+    opened_in_plane,
     refine_by_intensity,
     refined_mask,
 )
@@ -81,14 +83,61 @@ def test_the_loop_config_switches_the_correction_and_the_weighting(tmp_path, fla
 
 
 def test_a_correction_that_would_erase_the_liver_keeps_the_vote(seed):
-    """A prior blurred far beyond its size falls below 0.5 everywhere: the vote stands."""
+    """A prior blurred far beyond its size, with intensities too weak to raise it, falls below 0.5
+    everywhere: the vote stands."""
     image, truth = seed
     query = sitk.GetImageFromArray(image)
     query.SetSpacing(SPACING)
     vote = fuse([truth.astype(np.float32)])
-    dissolving = IntensityRefinement(prior_smoothing_mm=300.0, interior_margin_mm=0.1)
+    dissolving = IntensityRefinement(prior_smoothing_mm=300.0, interior_margin_mm=0.1, weight=1.0)
     assert not refined_mask(refine_by_intensity(image, vote.probability, SPACING, dissolving), SPACING).any()
     kept = refine(vote, query, dissolving)
     assert np.array_equal(kept.mask, vote.mask) and kept.mask.any()
     corrected = refine(vote, query, IntensityRefinement())
     assert corrected.mask.any() and not np.array_equal(corrected.mask, vote.mask)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_a_thin_strand_off_the_liver_is_cut(axis):
+    """A liver with a 3 mm strand reaching 30 mm out to a blob, as the posterior reaches onto
+    bowel of the liver's grey level: the opening cuts the strand, the largest component drops the
+    blob, and the liver's body is kept whichever array axis the slices are."""
+    liver = np.zeros((10, 80, 80), bool)
+    liver[1:9, 10:50, 10:50] = True  # 40 x 40 mm body
+    liver[1:9, 28:31, 50:66] = True  # the strand
+    liver[1:9, 22:36, 66:78] = True  # what it reaches: smaller than the body
+    liver = np.moveaxis(liver, 0, axis)
+    spacing = tuple(7.7 if a == axis else 1.0 for a in range(3))
+    body = np.moveaxis(np.pad(np.ones((8, 40, 40), bool), ((1, 1), (10, 30), (10, 30))), 0, axis)
+    beyond = np.zeros((10, 80, 80), bool)
+    beyond[..., 52:] = True  # more than 2 mm off the body: the strand's root may stay, as in any opening
+    mask = refined_mask(liver.astype(np.float32), spacing, opening_mm=4.0) > 0
+    assert not (mask & np.moveaxis(beyond, 0, axis)).any()
+    assert _dice(mask, body) > 0.98
+    kept = refined_mask(liver.astype(np.float32), spacing) > 0
+    assert np.array_equal(kept, liver)  # no opening asked: the strand and blob stay connected
+
+
+def test_the_opening_is_round_on_anisotropic_pixels():
+    """A 10 x 10 mm square on 0.5 x 2 mm pixels opened by a 3 mm disk keeps its centre and loses
+    its corners alike along both axes."""
+    square = np.zeros((MIN_SLICES_TO_OPEN, 40, 10), bool)
+    square[:, 10:30, 2:7] = True
+    opened = opened_in_plane(square, (5.0, 0.5, 2.0), 3.0)
+    assert opened[:, 20, 4].all() and not opened[:, 10, 2].any() and not opened[:, 29, 6].any()
+    assert opened.sum() < square.sum() and not (opened & ~square).any()
+
+
+def test_an_opening_that_would_erase_everything_keeps_the_mask():
+    thin = np.zeros((MIN_SLICES_TO_OPEN, 30, 30), bool)
+    thin[1:-1, 5:25, 14:16] = True  # 2 mm wide everywhere
+    assert np.array_equal(opened_in_plane(thin, (5.0, 1.0, 1.0), 4.0), thin)
+
+
+def test_a_thin_volume_is_not_opened():
+    """Parted in-plane, a lobe of a volume this thin has no neighbouring slices to rejoin it."""
+    square = np.zeros((MIN_SLICES_TO_OPEN - 1, 40, 40), bool)
+    square[:, 10:30, 10:30] = True
+    assert np.array_equal(opened_in_plane(square, (5.0, 1.0, 1.0), 3.0), square)
+    assert not np.array_equal(opened_in_plane(np.pad(square, ((0, 1), (0, 0), (0, 0))), (5.0, 1.0, 1.0), 3.0),
+                              np.pad(square, ((0, 1), (0, 0), (0, 0))))

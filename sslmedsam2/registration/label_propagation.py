@@ -263,7 +263,7 @@ def refine(fused: FusedLabel, query: sitk.Image, settings: IntensityRefinement) 
     prior's blur dissolves): it must never erase what the supports found."""
     spacing = query.GetSpacing()[::-1]
     posterior = refine_by_intensity(sitk.GetArrayViewFromImage(query), fused.probability, spacing, settings)
-    mask = refined_mask(posterior, spacing)
+    mask = refined_mask(posterior, spacing, settings.opening_mm)
     if fused.mask.any() and not mask.any():
         log.warning("the intensity correction left no liver; keeping the supports' vote")
         return fused
