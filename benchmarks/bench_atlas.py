@@ -28,11 +28,16 @@ from sslmedsam2.supports import find_supports
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", choices=METHODS, default="auto")
-    parser.add_argument("--deformable", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=12,
+                        help="unlabelled cases generated and labelled (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated set (default: %(default)s)")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="registration: auto (SyN within a sequence, affine across), syn, or affine, "
+                             "the demo's (default: %(default)s)")
+    parser.add_argument("--deformable", action="store_true",
+                        help="add the affine engine's optional B-spline stage")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_example(ExampleConfig(out_dir=Path(tmp), cases=args.queries + 3, test_cases=0,
