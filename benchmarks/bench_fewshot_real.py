@@ -12,10 +12,12 @@ side.
 Printed per method and k: whole-volume 3D Dice (mean +- sd, min), the few-shot literature's
 "protocol Dice" (3D Dice over the slices that hold liver in the ground truth), HD95, and seconds
 per query (the sum of its supports' registrations and the fusion, measured here, side by side).
-Resumable: each (query, support, method) warp (mask and image) is kept in --work.
+Resumable: each (query, support, method) warp (mask and image) is kept in --work. With
+--montages DIR, one overlay picture per query: the manual mask beside the first method's default
+label for each support count.
 
     python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn-similarity affine] [--supports 1 3]
-        [--seed 0] [--work runs/bench_fewshot_real] [--json benchmarks/fewshot_real.json]
+        [--seed 0] [--work runs/bench_fewshot_real] [--json benchmarks/fewshot_real.json] [--montages DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tqdm import tqdm
 
 from sslmedsam2.datasets import read_collection, require_clean
 from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.evaluation.montage import save_overlay_montage
 from sslmedsam2.registration.intensity_refinement import IntensityRefinement
 from sslmedsam2.registration.label_propagation import (
     AtlasConfig,
@@ -57,6 +60,8 @@ METHODS = {"syn": AtlasConfig(method="syn", syn=SynConfig(start="affine")),
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 #: Published 1-shot protocol Dice on the 20 CHAOS T2-SPIR patients (2D, setting 1 / setting 2).
 PUBLISHED = {"FoB+SAM": (85.6, 82.4), "GMRD": (81.4, 80.3), "SSL-ALPNet": (76.1, 73.1)}
+#: the engine's fusion with one support and with several (shown in the montages)
+DEFAULT_FUSION = ("vote+intensity", "weighted+intensity")
 
 
 def main() -> int:
@@ -75,6 +80,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/bench_fewshot_real"),
                         help="cache of warped supports (delete it to time every registration afresh)")
     parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
+    parser.add_argument("--montages", type=Path, default=None,
+                        help="write one overlay PNG per query here: manual mask and the default labels")
     args = parser.parse_args()
     patients = require_clean(read_collection(args.data, "MR")).labelled
     queries = patients[: args.queries] if args.queries else patients
@@ -87,7 +94,7 @@ def main() -> int:
         args.json.write_text(json.dumps({
             "command": "python benchmarks/bench_fewshot_real.py " + " ".join(
                 f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items() if k not in ("json", "work") and v is not None),
+                for k, v in vars(args).items() if k not in ("json", "work", "montages") and v is not None),
             "data": str(args.data), "machine": f"{platform.node()} {platform.processor()}",
             "draws": {q: [s.case for s in d] for q, d in draws.items()}, "rows": rows}, indent=1))
     return 0
@@ -103,7 +110,7 @@ def support_draw(query: Support, patients: list[Support], k: int, seed: int) -> 
 def score_query(query: Support, draw: list[Support], args: argparse.Namespace) -> list[dict]:
     image = sitk.ReadImage(str(query.image))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(query.mask))) > 0
-    rows = []
+    rows, labels = [], {"manual": truth}
     for method in args.methods:
         warped, seconds = [], []
         for support in draw:
@@ -112,12 +119,17 @@ def score_query(query: Support, draw: list[Support], args: argparse.Namespace) -
             seconds.append(took)
         for k in args.supports:
             for fusion, (label, took) in fusions(warped[:k], image).items():
+                if method == args.methods[0] and fusion == DEFAULT_FUSION[k > 1]:
+                    labels[f"{method}, {k} support{'s' * (k > 1)}"] = label.mask
                 scores = compute_metrics(label.mask, truth, image.GetSpacing()[::-1])
                 rows.append({"query": query.case, "method": method, "fusion": fusion, "k": k,
                              "supports": [s.case for s in draw[:k]], "dice": round(scores.dice, 4),
                              "protocol_dice": round(protocol_dice(label.mask, truth), 4),
                              "hd95_mm": round(scores.hd95, 2),
                              "seconds": round(sum(seconds[:k]) + took, 1)})
+    if args.montages:
+        args.montages.mkdir(parents=True, exist_ok=True)
+        save_overlay_montage(image, labels, args.montages / f"{query.case}.png", title=query.case)
     return rows
 
 
