@@ -141,3 +141,14 @@ def test_a_thin_volume_is_not_opened():
     assert np.array_equal(opened_in_plane(square, (5.0, 1.0, 1.0), 3.0), square)
     assert not np.array_equal(opened_in_plane(np.pad(square, ((0, 1), (0, 0), (0, 0))), (5.0, 1.0, 1.0), 3.0),
                               np.pad(square, ((0, 1), (0, 0), (0, 0))))
+
+
+def test_an_opening_that_parts_the_liver_in_two_is_undone():
+    """Two lobes joined by a 3 mm isthmus (coarse pixels make real isthmuses this thin): the
+    opening would part them and keep the larger, under 60% of the liver, so the mask stays whole."""
+    liver = np.zeros((MIN_SLICES_TO_OPEN + 2, 40, 70), bool)
+    liver[1:-1, 5:35, 5:30] = True
+    liver[1:-1, 5:35, 40:60] = True
+    liver[1:-1, 18:21, 30:40] = True
+    mask = refined_mask(liver.astype(np.float32), (7.7, 1.0, 1.0), opening_mm=4.0) > 0
+    assert np.array_equal(mask, liver)

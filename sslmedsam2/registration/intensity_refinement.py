@@ -23,6 +23,8 @@ from sslmedsam2.postprocess import largest_component
 EPSILON = 1e-3
 #: thinner volumes are not opened (see :func:`opened_in_plane`)
 MIN_SLICES_TO_OPEN = 8
+#: the opening is undone where its largest piece keeps less than this share of the liver
+MIN_KEPT_BY_OPENING = 0.7
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,12 @@ def refined_mask(posterior: np.ndarray, spacing: tuple[float, ...], opening_mm: 
     """The liver from a posterior: strands thinner than ``2 * opening_mm`` cut, one component, and
     the vessels inside it filled slice by slice across the thickest axis (portal and hepatic veins
     leave the liver, so a 3D fill misses them)."""
-    mask = posterior >= 0.5
+    mask = largest_component(posterior >= 0.5).astype(bool)
     if opening_mm > 0:
-        mask = opened_in_plane(mask, spacing, opening_mm)
-    mask = largest_component(mask).astype(bool)
+        opened = largest_component(opened_in_plane(mask, spacing, opening_mm)).astype(bool)
+        # cutting strands takes a little; an opening that takes most of the liver parted it instead
+        if opened.sum() >= MIN_KEPT_BY_OPENING * mask.sum():
+            mask = opened
     axis = int(np.argmax(spacing))
     filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
     return np.moveaxis(filled, 0, axis).astype(np.uint8)
