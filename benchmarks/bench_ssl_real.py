@@ -75,8 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (seeded split)")
     parser.add_argument("--only-folds", type=int, nargs="+", default=None,
                         help="run these fold indices only (0-based), e.g. to split the work over sessions")
-    parser.add_argument("--labels", type=int, nargs="+", default=[1, 3],
-                        help="labelled patients in each fold's training part (default: %(default)s)")
+    parser.add_argument("--labels", type=int, nargs="*", default=[1, 3],
+                        help="labelled patients in each fold's training part (default: %(default)s); "
+                             "given with no value, only the fully supervised arm runs")
     parser.add_argument("--profile", default="cpu-quick",
                         help="nnU-Net training profile of every arm (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None,

@@ -13,6 +13,7 @@ is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,27 +75,34 @@ def refined_mask(posterior: np.ndarray, spacing: tuple[float, ...], opening_mm: 
     mask = largest_component(posterior >= 0.5).astype(bool)
     if opening_mm > 0:
         opened = largest_component(opened_in_plane(mask, spacing, opening_mm)).astype(bool)
-        # cutting strands takes a little; an opening that takes most of the liver parted it instead
+        # cutting strands takes a little; an opening that takes most of the liver (or all of a
+        # liver thin everywhere) parted or erased it instead
         if opened.sum() >= MIN_KEPT_BY_OPENING * mask.sum():
             mask = opened
-    axis = int(np.argmax(spacing))
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
-    return np.moveaxis(filled, 0, axis).astype(np.uint8)
+    return _per_slice(mask, _thickest_axis(spacing), ndimage.binary_fill_holes).astype(np.uint8)
 
 
 def opened_in_plane(mask: np.ndarray, spacing: tuple[float, ...], radius_mm: float) -> np.ndarray:
     """Morphological opening by a disk of ``radius_mm``, slice by slice across the thickest axis
     (slices are often far thicker than a strand, so a 3D ball would be one slice deep). Exact
-    Euclidean distances, so the disk is round on anisotropic pixels. Returned as it is: a mask the
-    opening would erase entirely (thin everywhere, not a strand off something), and a volume of
-    fewer than ``MIN_SLICES_TO_OPEN`` slices (a lobe the opening parts from the liver in one
-    slice is joined to it through the slices around; a thin volume has none to rejoin it)."""
-    axis = int(np.argmax(spacing))
+    Euclidean distances, so the disk is round on anisotropic pixels. A volume of fewer than
+    ``MIN_SLICES_TO_OPEN`` slices is returned as it is: a lobe the opening parts from the liver in
+    one slice is joined to it through the slices around, and a thin volume has none to rejoin it."""
+    mask = np.asarray(mask, bool)
+    axis = _thickest_axis(spacing)
     if mask.shape[axis] < MIN_SLICES_TO_OPEN:
-        return np.asarray(mask, bool)
+        return mask
     plane = tuple(float(s) for a, s in enumerate(spacing) if a != axis)
-    opened = np.stack([_opened(s, plane, radius_mm) for s in np.moveaxis(np.asarray(mask, bool), axis, 0)])
-    return np.moveaxis(opened, 0, axis) if opened.any() else np.asarray(mask, bool)
+    return _per_slice(mask, axis, lambda section: _opened(section, plane, radius_mm))
+
+
+def _thickest_axis(spacing: tuple[float, ...]) -> int:
+    return int(np.argmax(spacing))
+
+
+def _per_slice(volume: np.ndarray, axis: int, operation: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``operation`` applied to each 2D section across ``axis``, stacked back in place."""
+    return np.moveaxis(np.stack([operation(s) for s in np.moveaxis(volume, axis, 0)]), 0, axis)
 
 
 def _opened(section: np.ndarray, spacing: tuple[float, ...], radius_mm: float) -> np.ndarray:
