@@ -21,7 +21,7 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
         [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
-        [--warm-start] [--vote-only] [--skip-fully-supervised] [--skip-ssl]
+        [--warm-start] [--vote-only] [--skip-fully-supervised] [--skip-labelled-only] [--skip-ssl]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -107,6 +107,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-ssl", action="store_true",
                         help="labelled-only (and fully supervised) arms only, e.g. a longer "
                              "labelled-only schedule as a control, in its own --work")
+    parser.add_argument("--skip-labelled-only", action="store_true",
+                        help="leave the labelled-only arms out, e.g. already measured with the same "
+                             "schedule in another --work (with --fuse, round 0 then trains its own "
+                             "labelled-only partner)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold split and label draw")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"),
                         help="run folders, one per fold and arm; the same --work resumes")
@@ -132,8 +136,9 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
     for count in args.labels:
         labelled = [training[i] for i in order[:count]]
         train = link_collection(root / f"train_L{count}", training, labelled)
-        rows += arm_rows(index, "labelled-only", count, root / f"labelled_only_L{count}", train,
-                         holdout, "none", args)
+        if not args.skip_labelled_only:
+            rows += arm_rows(index, "labelled-only", count, root / f"labelled_only_L{count}", train,
+                             holdout, "none", args)
         if args.skip_ssl:
             continue
         name, folder = ssl_arm_name(count, args)
