@@ -115,7 +115,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ssl_real"),
                         help="run folders, one per fold and arm; the same --work resumes")
     parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not args.labels and args.skip_fully_supervised:
+        parser.error("--labels with no value runs only the fully supervised arm, which "
+                     "--skip-fully-supervised leaves out: nothing to run")
+    return args
 
 
 def split_folds(patients: list[Support], folds: int, seed: int) -> list[list[Support]]:
