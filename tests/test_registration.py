@@ -4,6 +4,9 @@ the query's own grid, and be chosen by ``auto`` only within one sequence."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,36 @@ def test_support_images_are_carried_only_when_asked():
     # ITK's threads make two runs of one registration differ slightly (more on a busy machine)
     a, b = with_image.mask >= 0.5, without.mask >= 0.5
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.98
+
+
+SEEDED_TWICE = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_registration import _patient
+from sslmedsam2.registration.label_propagation import AtlasConfig, warp_supports
+from sslmedsam2.registration.syn import SynConfig
+import ants
+query, _ = _patient("01", slice(14, 30))
+support = _patient("34", slice(12, 28))
+config = AtlasConfig(method="syn", syn=SynConfig(seed=7))
+first, second = (warp_supports(query, [support], config, with_images=False)[0].mask for _ in range(2))
+print(np.array_equal(first, second), ants.config._random_seed)
+"""
+
+
+def test_a_seeded_syn_repeats_itself_exactly_on_one_thread():
+    """ANTs seeds its sampling from the clock unless told: unseeded, two runs differ (a whole
+    voxel of the soft mask when measured). One ITK thread, so only the seed can differ."""
+    script = SEEDED_TWICE.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "None"]  # identical; ANTs' own setting restored
+
+
+def test_seed_zero_is_refused_because_ants_reads_it_as_the_clock():
+    query, _ = _patient("01", slice(14, 30))
+    with pytest.raises(ValueError, match="seed must not be 0"):
+        warp_supports(query, [_patient("34", slice(12, 28))], AtlasConfig(method="syn", syn=SynConfig(seed=0)))
