@@ -22,12 +22,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.postprocess import binary_entropy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 SEQUENCE = "T2SPIR"
 #: p in (0, 0.5] against its binary entropy, for inverting the stored uncertainty maps
 _P = np.linspace(1e-6, 0.5, 4001)
-_ENTROPY = -(_P * np.log2(_P) + (1 - _P) * np.log2(1 - _P))
+_ENTROPY = binary_entropy(_P)
 
 
 def probability(mask: np.ndarray, entropy: np.ndarray) -> np.ndarray:
