@@ -102,8 +102,9 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
                      default=("nnunet", "sam2", "atlas"),
                      help="engines tried in this order for each sequence: nnunet (trained models), "
                           "sam2 (few-shot from <weights>/supports with a checkpoint in "
-                          "<weights>/sam2), atlas (registration of the supports). "
-                          "Default: nnunet,sam2,atlas")
+                          "<weights>/sam2), atlas (registration of the supports), average "
+                          "(mean of nnunet's and atlas's liver probability: a registration per "
+                          "case on top of the model; opt-in). Default: nnunet,sam2,atlas")
     how.add_argument("--device", default="auto", help="auto (GPU if visible), cpu or cuda[:N]")
     how.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
     how.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

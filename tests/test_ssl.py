@@ -230,7 +230,8 @@ def test_labelled_only_baseline_trains_without_pseudo_labels(ssl_data, tmp_path)
 def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tmp_path):
     """Round 0 trains nnU-Net on the labelled cases, labels every case with both engines and keeps
     their intersection; the final model is not trained on where they differ."""
-    from sslmedsam2.ssl.loop import SemiSupervisedRun, dice, gather_cases
+    from sslmedsam2.evaluation.metrics import dice
+    from sslmedsam2.ssl.loop import SemiSupervisedRun, gather_cases
 
     # the affine atlas (seeded sampling) registers a pair the same way twice; SyN's threads do not
     raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "min_volume_ml": 1,

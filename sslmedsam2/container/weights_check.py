@@ -234,6 +234,8 @@ def _serving(sequence: str, engines: tuple[str, ...], models: list[tuple[ModelFo
                 served.append("sam2 BROKEN checkpoint")
         elif engine == "atlas" and supports:
             served.append(f"atlas, {len(supports)} support(s)")
+        elif engine == "average" and models and supports:
+            served.append(f"average of nnunet and atlas, {len(supports)} support(s)")
     return served
 
 

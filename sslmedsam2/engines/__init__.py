@@ -1,10 +1,11 @@
-"""Segmentation engines, by name. Later engines (SAM2 few-shot, atlas) register here."""
+"""Segmentation engines, by name: each registers its factory here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from sslmedsam2.engines.atlas import AtlasEngine
+from sslmedsam2.engines.average import AverageEngine
 from sslmedsam2.engines.base import Engine, EngineFactory, RuntimeOptions, Segmentation
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.engines.sam2 import Sam2Engine
@@ -14,6 +15,7 @@ ENGINES: dict[str, EngineFactory] = {
     "nnunet": NnUNetEngine,
     "sam2": Sam2Engine.from_weights,
     "atlas": AtlasEngine.from_weights,
+    "average": AverageEngine.from_weights,
 }
 
 

@@ -64,4 +64,5 @@ class AtlasEngine:
         fused = propagate(image, [self._volumes[s.case] for s in chosen], self.config,
                           same_sequence=sequence == self.support_sequence)
         return Segmentation(mask=fused.mask, uncertainty=fused.uncertainty,
+                            probability=fused.probability,
                             detail=f"atlas supports={','.join(s.case for s in chosen)}")

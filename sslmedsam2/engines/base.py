@@ -32,7 +32,8 @@ class Segmentation:
     """A binary mask on the input's (z, y, x) grid and a short description of how it was made.
 
     Few-shot engines also return a per-voxel uncertainty (binary entropy, 0..1), which pseudo
-    labelling saves beside the mask.
+    labelling saves beside the mask, and the liver probability it came from, which lets two
+    engines be averaged (``sslmedsam2.engines.average``).
     """
 
     mask: np.ndarray
@@ -41,6 +42,8 @@ class Segmentation:
     #: where and in which float format it ran (for the run summary)
     device: str = "cpu"
     precision: str = "fp32"
+    #: liver probability (float32, 0..1) on the mask's grid, where the engine has one
+    probability: np.ndarray | None = None
 
 
 class Engine(Protocol):

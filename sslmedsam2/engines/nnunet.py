@@ -120,7 +120,8 @@ class NnUNetEngine:
 
     ``models`` pins a model folder per sequence (the training loop predicts with each round's
     model in place); otherwise models are found in ``weights_dir``. ``with_uncertainty`` also
-    returns the binary entropy of the ensemble's liver probability (pseudo-label rounds).
+    returns the ensemble's liver probability and its binary entropy (pseudo-label rounds, and
+    averaging with another engine).
     """
 
     name = "nnunet"
@@ -172,12 +173,13 @@ class NnUNetEngine:
                                                self._voxel_seconds.get(sequence)))
         if plan.degraded:
             log.warning("nnunet %s: %s", sequence, "; ".join(plan.degraded))
-        uncertainty = None
+        uncertainty = probability = None
         with following(predictor, plan, choice):
             if self.with_uncertainty:
                 seg, probabilities = predictor.predict_single_npy_array(
                     volume_array(image)[None], properties, save_or_return_probabilities=True)
-                uncertainty = binary_entropy(np.asarray(probabilities[1], dtype=np.float32))
+                probability = np.asarray(probabilities[1], dtype=np.float32)
+                uncertainty = binary_entropy(probability)
             else:
                 seg = predictor.predict_single_npy_array(volume_array(image)[None], properties)
         detail = f"{choice.model.configuration} {plan.describe()} patches={patches}"
@@ -187,7 +189,7 @@ class NnUNetEngine:
             detail += " [time budget: " + "; ".join(plan.degraded[1:]) + "]"
         # nnU-Net's predictor autocasts to fp16 on any GPU (the T4 included), fp32 on CPU
         return Segmentation(mask=(np.asarray(seg) == 1).astype(np.uint8), uncertainty=uncertainty,
-                            detail=detail, device=str(self._device),
+                            probability=probability, detail=detail, device=str(self._device),
                             precision="fp16" if self._device.type == "cuda" else "fp32")
 
     def _predictor(self, sequence: str):

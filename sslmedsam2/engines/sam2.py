@@ -165,7 +165,7 @@ class Sam2Engine:
             detail += " [time budget: " + "; ".join(plan.degraded[1:]) + "]"
         detail += f" checkpoint={self._checkpoint_text()}"
         return Segmentation(
-            mask=result.mask, uncertainty=result.uncertainty,
+            mask=result.mask, uncertainty=result.uncertainty, probability=result.probability,
             device=str(self._predictor.device), precision=device_precision(self._predictor.device),
             detail=detail)
 

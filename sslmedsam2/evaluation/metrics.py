@@ -101,6 +101,12 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; two empty masks agree perfectly."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
 def dice_score(pred_b: np.ndarray, gt_b: np.ndarray, pred_count: int, gt_count: int) -> float:
     """2|A & B| / (|A| + |B|): grand-challenge-metrics' confusion-matrix Dice for label 1, in float64.
 

@@ -41,6 +41,7 @@ from sslmedsam2.engines.base import Engine, RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.evaluation.folders import evaluate_pair, find_ground_truth
+from sslmedsam2.evaluation.metrics import dice
 from sslmedsam2.executors import Executor, LocalExecutor
 from sslmedsam2.io import write_text_atomic
 from sslmedsam2.logs import FILE_ONLY
@@ -537,12 +538,6 @@ def mask_dice(a: Path, b: Path) -> float:
     # copies, not views: a view of a temporary image reads freed memory (wrong Dice, or a crash)
     return dice(sitk.GetArrayFromImage(sitk.ReadImage(str(a))) > 0,
                 sitk.GetArrayFromImage(sitk.ReadImage(str(b))) > 0)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; two empty masks agree perfectly."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def _fmt(value: float | None) -> str:

@@ -1,0 +1,74 @@
+"""The trained model and the atlas, averaged voxel by voxel: a second opinion at prediction.
+
+With one or a few labelled patients the nnU-Net trained on pseudo labels and the atlas that made
+round 0's labels still fail in different places: the model strays where its few real labels never
+reached, the registration misses boundaries it cannot see. On the real-patient benchmark the mean
+of their two liver probabilities, thresholded at one half, scored above either alone (see
+``benchmarks/RESULTS.md``). It costs a registration per case on top of the model, so it is an
+engine one asks for (``--engines average,nnunet,atlas``), not the default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from sslmedsam2.engines.atlas import AtlasEngine
+from sslmedsam2.engines.base import Engine, RuntimeOptions, Segmentation
+from sslmedsam2.engines.nnunet import NnUNetEngine
+from sslmedsam2.errors import EngineUnavailableError
+from sslmedsam2.evaluation.metrics import dice
+from sslmedsam2.postprocess import binary_entropy, largest_component
+
+
+class AverageEngine:
+    """``model`` and ``atlas`` segment every volume; the mask is where their mean probability
+    reaches ``threshold`` (largest component). Each must return a probability."""
+
+    name = "average"
+
+    def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5) -> None:
+        self.model, self.atlas, self.threshold = model, atlas, threshold
+
+    @classmethod
+    def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> AverageEngine:
+        """The weights folder's nnU-Net (with its probability) and its supports' atlas."""
+        return cls(NnUNetEngine(weights_dir, options, with_uncertainty=True),
+                   AtlasEngine.from_weights(weights_dir, options))
+
+    def can_segment(self, sequence: str) -> bool:
+        return self.model.can_segment(sequence) and self.atlas.can_segment(sequence)
+
+    def missing(self, sequence: str) -> str:
+        return "; ".join(e.missing(sequence) for e in (self.model, self.atlas)
+                         if not e.can_segment(sequence))
+
+    def load(self, sequence: str) -> None:
+        self.model.load(sequence)
+        self.atlas.load(sequence)
+
+    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
+        return (self.model.over_budget(image, sequence, vendor)
+                or self.atlas.over_budget(image, sequence, vendor))
+
+    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
+        model = self.model.segment(image, sequence, vendor)
+        atlas = self.atlas.segment(image, sequence, vendor)
+        return average(model, atlas, self.threshold)
+
+
+def average(a: Segmentation, b: Segmentation, threshold: float = 0.5) -> Segmentation:
+    """The largest component where the mean of two engines' liver probabilities reaches
+    ``threshold``; its binary entropy is the uncertainty."""
+    for own in (a, b):
+        if own.probability is None:
+            raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
+                                         "returned a mask only")
+    mean = (np.asarray(a.probability, np.float32) + np.asarray(b.probability, np.float32)) / 2
+    mask = largest_component(mean >= threshold)
+    alike = dice(a.mask > 0, b.mask > 0)
+    detail = f"average of {a.detail} and {b.detail} (masks {alike:.0%} alike by Dice)"
+    return Segmentation(mask, detail, binary_entropy(mean), device=a.device,
+                        precision=a.precision, probability=mean)

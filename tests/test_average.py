@@ -1,0 +1,95 @@
+"""The model-and-atlas average: the mean of two liver probabilities, on the input's grid, opt-in
+in process.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import reoriented, run_process
+from test_process import assert_on_grid, summary
+
+from sslmedsam2.engines.average import AverageEngine, average
+from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.errors import EngineUnavailableError
+from sslmedsam2.postprocess import binary_entropy
+from sslmedsam2.supports import find_supports
+
+
+def _seg(probability: np.ndarray | None, mask: np.ndarray) -> Segmentation:
+    return Segmentation(mask.astype(np.uint8), "test", probability=probability)
+
+
+def test_the_mask_is_the_largest_component_of_the_mean_probability():
+    model, atlas = np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.float32)
+    model[1:3, 1:5, 1:5], atlas[1:3, 2:6, 2:6] = 0.9, 0.7  # overlap: 0.8; model alone 0.45
+    model[0, 7, 7] = atlas[0, 7, 7] = 1.0                    # an island both see: dropped
+    fused = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5))
+    expected = np.zeros(model.shape, np.uint8)
+    expected[1:3, 2:5, 2:5] = 1
+    np.testing.assert_array_equal(fused.mask, expected)
+    np.testing.assert_allclose(fused.probability, (model + atlas) / 2)
+    np.testing.assert_allclose(fused.uncertainty, binary_entropy((model + atlas) / 2))
+    assert fused.detail.startswith("average of test and test")
+
+
+def test_a_mask_without_probability_cannot_be_averaged():
+    mask = np.ones((2, 3, 3), bool)
+    with pytest.raises(EngineUnavailableError, match="returned a mask only"):
+        average(_seg(mask.astype(np.float32), mask), Segmentation(mask.astype(np.uint8), "masker"))
+
+
+@pytest.fixture(scope="module")
+def weights_with_supports(tmp_path_factory, trained_weights, example_dataset) -> Path:
+    """The tiny trained nnU-Net with one GED4 support beside it, as a training run exports them."""
+    weights = tmp_path_factory.mktemp("average") / "weights"
+    shutil.copytree(trained_weights, weights)
+    support = find_supports(example_dataset.train_dir)[0]
+    target = weights / "supports" / support.case
+    target.mkdir(parents=True)
+    shutil.copy(support.image, target / "GED4.nii.gz")
+    shutil.copy(support.mask, target / "mask_GED4.nii.gz")
+    return weights
+
+
+def test_model_and_atlas_probabilities_meet_on_an_oblique_grid(weights_with_supports, example_dataset):
+    """Both engines return a probability on the query's own grid, so the two can be averaged
+    voxel by voxel; the result is what ``average`` makes of them."""
+    engine = AverageEngine.from_weights(weights_with_supports, RuntimeOptions(device="cpu"))
+    assert engine.can_segment("GED4") and not engine.missing("GED4")
+    case = example_dataset.split("test")[0]
+    query = reoriented(sitk.ReadImage(str(case.images["GED4"])), "oblique")
+    model, atlas = engine.model.segment(query, "GED4"), engine.atlas.segment(query, "GED4")
+    shape = query.GetSize()[::-1]
+    for own in (model, atlas):
+        assert own.probability.shape == shape and own.probability.dtype == np.float32
+        assert 0.0 <= own.probability.min() and own.probability.max() <= 1.0
+    fused = average(model, atlas)
+    assert fused.mask.shape == shape and fused.mask.any()
+    assert ((fused.probability >= 0.5) | (fused.mask == 0)).all()
+
+
+def test_process_serves_the_average_when_asked(tmp_path, weights_with_supports, example_dataset):
+    out = tmp_path / "output"
+    result = run_process("--input", example_dataset.test_input_dir, "--output", out,
+                         "--weights", weights_with_supports, "--engines", "average,nnunet",
+                         "--sequences", "GED4")
+    assert result.returncode == 0, result.stderr
+    served = [c["engine"] for c in summary(out)["cases"] if c["status"] == "ok"]
+    assert served == ["average"] * len(example_dataset.split("test"))
+    for case in example_dataset.split("test"):
+        assert_on_grid(out / "LiSeg_pred" / case.case_id / "GED4_pred.nii.gz",
+                       sitk.ReadImage(str(case.images["GED4"])))
+
+
+def test_without_supports_the_average_steps_aside(tmp_path, trained_weights, example_dataset):
+    """No supports: the average cannot serve, so the next engine in the order does."""
+    out = tmp_path / "output"
+    result = run_process("--input", example_dataset.test_input_dir, "--output", out,
+                         "--weights", trained_weights, "--engines", "average,nnunet",
+                         "--sequences", "GED4")
+    assert result.returncode == 0, result.stderr
+    assert {c["engine"] for c in summary(out)["cases"] if c["status"] == "ok"} == {"nnunet"}
