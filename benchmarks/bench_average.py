@@ -38,9 +38,9 @@ def score_fold(fold: Path, labels: int) -> dict[str, dict[str, dict[str, float]]
         image = sitk.ReadImage(str(image_path))
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "holdout" / f"{case}_liver.nii.gz"))) > 0
         start = time.perf_counter()
-        model = engine.model.segment(image, SEQUENCE)
+        model = engine.first.segment(image, SEQUENCE)
         middle = time.perf_counter()
-        atlas = engine.atlas.segment(image, SEQUENCE)
+        atlas = engine.second.segment(image, SEQUENCE)
         seconds = {"model": middle - start, "atlas": time.perf_counter() - middle, "average": 0.0}
         seconds["average"] = seconds["model"] + seconds["atlas"]
         masks = {"model": model.mask, "atlas": atlas.mask, "average": average(model, atlas).mask}

@@ -62,7 +62,7 @@ def test_model_and_atlas_probabilities_meet_on_an_oblique_grid(weights_with_supp
     assert engine.can_segment("GED4") and not engine.missing("GED4")
     case = example_dataset.split("test")[0]
     query = reoriented(sitk.ReadImage(str(case.images["GED4"])), "oblique")
-    model, atlas = engine.model.segment(query, "GED4"), engine.atlas.segment(query, "GED4")
+    model, atlas = engine.first.segment(query, "GED4"), engine.second.segment(query, "GED4")
     shape = query.GetSize()[::-1]
     for own in (model, atlas):
         assert own.probability.shape == shape and own.probability.dtype == np.float32
@@ -72,14 +72,17 @@ def test_model_and_atlas_probabilities_meet_on_an_oblique_grid(weights_with_supp
     assert ((fused.probability >= 0.5) | (fused.mask == 0)).all()
 
 
+def _served(weights: Path, example_dataset, out: Path) -> list[str]:
+    """The engine of every GED4 mask ``process.py --engines average,nnunet`` writes."""
+    result = run_process("--input", example_dataset.test_input_dir, "--output", out,
+                         "--weights", weights, "--engines", "average,nnunet", "--sequences", "GED4")
+    assert result.returncode == 0, result.stderr
+    return [c["engine"] for c in summary(out)["cases"] if c["status"] == "ok"]
+
+
 def test_process_serves_the_average_when_asked(tmp_path, weights_with_supports, example_dataset):
     out = tmp_path / "output"
-    result = run_process("--input", example_dataset.test_input_dir, "--output", out,
-                         "--weights", weights_with_supports, "--engines", "average,nnunet",
-                         "--sequences", "GED4")
-    assert result.returncode == 0, result.stderr
-    served = [c["engine"] for c in summary(out)["cases"] if c["status"] == "ok"]
-    assert served == ["average"] * len(example_dataset.split("test"))
+    assert _served(weights_with_supports, example_dataset, out) == ["average"] * len(example_dataset.split("test"))
     for case in example_dataset.split("test"):
         assert_on_grid(out / "LiSeg_pred" / case.case_id / "GED4_pred.nii.gz",
                        sitk.ReadImage(str(case.images["GED4"])))
@@ -87,9 +90,4 @@ def test_process_serves_the_average_when_asked(tmp_path, weights_with_supports, 
 
 def test_without_supports_the_average_steps_aside(tmp_path, trained_weights, example_dataset):
     """No supports: the average cannot serve, so the next engine in the order does."""
-    out = tmp_path / "output"
-    result = run_process("--input", example_dataset.test_input_dir, "--output", out,
-                         "--weights", trained_weights, "--engines", "average,nnunet",
-                         "--sequences", "GED4")
-    assert result.returncode == 0, result.stderr
-    assert {c["engine"] for c in summary(out)["cases"] if c["status"] == "ok"} == {"nnunet"}
+    assert _served(trained_weights, example_dataset, tmp_path / "output") == ["nnunet"] * len(example_dataset.split("test"))

@@ -13,45 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import SimpleITK as sitk
 
 from sslmedsam2.engines.base import Engine, Segmentation
+from sslmedsam2.engines.pair import EnginePair
 
 #: Binary entropy of two votes split one-one.
 DISAGREEMENT = 1.0
 
 
-class AgreementEngine:
+class AgreementEngine(EnginePair):
     """``first`` and ``second`` segment every volume; the mask is their intersection."""
 
     name = "agreement"
-
-    def __init__(self, first: Engine, second: Engine) -> None:
-        self.first, self.second = first, second
 
     @classmethod
     def of(cls, make_first: Callable[[], Engine], make_second: Callable[[], Engine]) -> AgreementEngine:
         """Built from two recipes, so a picklable recipe of it can travel to a worker."""
         return cls(make_first(), make_second())
 
-    def can_segment(self, sequence: str) -> bool:
-        return self.first.can_segment(sequence) and self.second.can_segment(sequence)
-
-    def missing(self, sequence: str) -> str:
-        return "; ".join(e.missing(sequence) for e in (self.first, self.second)
-                         if not e.can_segment(sequence))
-
-    def load(self, sequence: str) -> None:
-        self.first.load(sequence)
-        self.second.load(sequence)
-
-    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
-        return (self.first.over_budget(image, sequence, vendor)
-                or self.second.over_budget(image, sequence, vendor))
-
-    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
-        a = self.first.segment(image, sequence, vendor)
-        b = self.second.segment(image, sequence, vendor)
+    def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
         return agree(a, b)
 
 

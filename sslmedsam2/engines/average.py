@@ -13,24 +13,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.engines.base import Engine, RuntimeOptions, Segmentation
 from sslmedsam2.engines.nnunet import NnUNetEngine
+from sslmedsam2.engines.pair import EnginePair
 from sslmedsam2.errors import EngineUnavailableError
 from sslmedsam2.evaluation.metrics import dice
 from sslmedsam2.postprocess import binary_entropy, largest_component
 
 
-class AverageEngine:
-    """``model`` and ``atlas`` segment every volume; the mask is where their mean probability
-    reaches ``threshold`` (largest component). Each must return a probability."""
+class AverageEngine(EnginePair):
+    """A model (``first``) and an atlas (``second``) segment every volume; the mask is where their
+    mean probability reaches ``threshold`` (largest component). Each must return a probability."""
 
     name = "average"
 
     def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5) -> None:
-        self.model, self.atlas, self.threshold = model, atlas, threshold
+        super().__init__(model, atlas)
+        self.threshold = threshold
 
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> AverageEngine:
@@ -38,25 +39,8 @@ class AverageEngine:
         return cls(NnUNetEngine(weights_dir, options, with_uncertainty=True),
                    AtlasEngine.from_weights(weights_dir, options))
 
-    def can_segment(self, sequence: str) -> bool:
-        return self.model.can_segment(sequence) and self.atlas.can_segment(sequence)
-
-    def missing(self, sequence: str) -> str:
-        return "; ".join(e.missing(sequence) for e in (self.model, self.atlas)
-                         if not e.can_segment(sequence))
-
-    def load(self, sequence: str) -> None:
-        self.model.load(sequence)
-        self.atlas.load(sequence)
-
-    def over_budget(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> str | None:
-        return (self.model.over_budget(image, sequence, vendor)
-                or self.atlas.over_budget(image, sequence, vendor))
-
-    def segment(self, image: sitk.Image, sequence: str, vendor: str | None = None) -> Segmentation:
-        model = self.model.segment(image, sequence, vendor)
-        atlas = self.atlas.segment(image, sequence, vendor)
-        return average(model, atlas, self.threshold)
+    def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
+        return average(a, b, self.threshold)
 
 
 def average(a: Segmentation, b: Segmentation, threshold: float = 0.5) -> Segmentation:
