@@ -81,13 +81,14 @@ def _served(weights: Path, example_dataset, out: Path) -> list[str]:
 
 
 def test_process_serves_the_average_when_asked(tmp_path, weights_with_supports, example_dataset):
-    out = tmp_path / "output"
-    assert _served(weights_with_supports, example_dataset, out) == ["average"] * len(example_dataset.split("test"))
-    for case in example_dataset.split("test"):
+    out, cases = tmp_path / "output", example_dataset.split("test")
+    assert _served(weights_with_supports, example_dataset, out) == ["average"] * len(cases)
+    for case in cases:
         assert_on_grid(out / "LiSeg_pred" / case.case_id / "GED4_pred.nii.gz",
                        sitk.ReadImage(str(case.images["GED4"])))
 
 
 def test_without_supports_the_average_steps_aside(tmp_path, trained_weights, example_dataset):
     """No supports: the average cannot serve, so the next engine in the order does."""
-    assert _served(trained_weights, example_dataset, tmp_path / "output") == ["nnunet"] * len(example_dataset.split("test"))
+    served = _served(trained_weights, example_dataset, tmp_path / "output")
+    assert served == ["nnunet"] * len(example_dataset.split("test"))
