@@ -23,6 +23,9 @@ import SimpleITK as sitk
 from sslmedsam2.engines.average import AverageEngine, average
 from sslmedsam2.engines.base import RuntimeOptions
 from sslmedsam2.evaluation.metrics import compute_metrics
+from sslmedsam2.io import read_volume
+from sslmedsam2.orientation import segment_in_orientation
+from sslmedsam2.postprocess import largest_component
 
 SEQUENCE = "T2SPIR"
 ARMS = ("model", "atlas", "average")
@@ -35,15 +38,18 @@ def score_fold(fold: Path, labels: int) -> dict[str, dict[str, dict[str, float]]
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for image_path in sorted((fold / "holdout").glob("*_image.nii.gz")):
         case = image_path.name.removesuffix("_image.nii.gz")
-        image = sitk.ReadImage(str(image_path))
+        image = read_volume(image_path)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "holdout" / f"{case}_liver.nii.gz"))) > 0
         start = time.perf_counter()
-        model = engine.first.segment(image, SEQUENCE)
+        # in the orientation the model was trained in, as the loop and process.py call engines
+        model = segment_in_orientation(engine.first, image, SEQUENCE, None)
         middle = time.perf_counter()
-        atlas = engine.second.segment(image, SEQUENCE)
+        atlas = segment_in_orientation(engine.second, image, SEQUENCE, None)
         seconds = {"model": middle - start, "atlas": time.perf_counter() - middle, "average": 0.0}
         seconds["average"] = seconds["model"] + seconds["atlas"]
-        masks = {"model": model.mask, "atlas": atlas.mask, "average": average(model, atlas).mask}
+        # largest components, as the loop's held-out predictions and process.py keep them
+        masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask),
+                 "average": average(model, atlas).mask}
         scores[case] = {}
         for arm, mask in masks.items():
             metrics = compute_metrics(mask > 0, truth, image.GetSpacing()[::-1])

@@ -59,8 +59,8 @@ def reorient(image: sitk.Image, code: str = CANONICAL) -> Reoriented:
 
 def segment_in_orientation(engine: "Engine", image: sitk.Image, sequence: str, vendor: str | None,
                            code: str = CANONICAL) -> "Segmentation":
-    """``engine.segment`` on ``image`` reoriented to ``code``; the mask and uncertainty come back
-    on ``image``'s own grid."""
+    """``engine.segment`` on ``image`` reoriented to ``code``; the mask and its maps (uncertainty,
+    probability) come back on ``image``'s own grid."""
     return segment_reoriented(engine, reorient(image, code), sequence, vendor)
 
 
@@ -70,8 +70,9 @@ def segment_reoriented(engine: "Engine", moved: Reoriented, sequence: str,
     from sslmedsam2.engines.base import Segmentation
     code = orientation_code(moved.image)
     result = engine.segment(moved.image, sequence, vendor=vendor)
-    uncertainty = None if result.uncertainty is None else moved.restore(result.uncertainty)
+    uncertainty, probability = (None if own is None else moved.restore(own)
+                                for own in (result.uncertainty, result.probability))
     detail = result.detail if moved.source_code == code else \
         f"{result.detail} (reoriented {moved.source_code}->{code})"
     return Segmentation(mask=moved.restore(result.mask), detail=detail, uncertainty=uncertainty,
-                        device=result.device, precision=result.precision)
+                        device=result.device, precision=result.precision, probability=probability)

@@ -12,10 +12,11 @@ import SimpleITK as sitk
 from conftest import reoriented, run_process
 from test_process import assert_on_grid, summary
 
-from sslmedsam2.engines.average import AverageEngine, average
+from sslmedsam2.engines.average import AverageEngine, average, on_the_mask_side
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import EngineUnavailableError
-from sslmedsam2.postprocess import binary_entropy
+from sslmedsam2.orientation import segment_in_orientation
+from sslmedsam2.postprocess import binary_entropy, largest_component
 from sslmedsam2.supports import find_supports
 
 
@@ -31,9 +32,19 @@ def test_the_mask_is_the_largest_component_of_the_mean_probability():
     expected = np.zeros(model.shape, np.uint8)
     expected[1:3, 2:5, 2:5] = 1
     np.testing.assert_array_equal(fused.mask, expected)
-    np.testing.assert_allclose(fused.probability, (model + atlas) / 2)
-    np.testing.assert_allclose(fused.uncertainty, binary_entropy((model + atlas) / 2))
+    mean = (model + atlas) / 2
+    mean[0, 7, 7] = 0.0  # outside both organs: sure background, however sure the raw probability
+    np.testing.assert_allclose(fused.probability, mean)
+    np.testing.assert_allclose(fused.uncertainty, binary_entropy(mean))
     assert fused.detail.startswith("average of test and test")
+
+
+def test_each_probability_takes_the_side_of_its_engines_organ():
+    """Voxels the clean-up moved across the mask's edge keep their confidence, not their side."""
+    probability = np.array([[[0.9, 0.2, 0.7, 0.0, 0.95]]], np.float32)
+    mask = np.array([[[1, 1, 0, 0, 1]]], np.uint8)  # the last voxel: an island, dropped
+    side = on_the_mask_side(_seg(probability, mask))
+    np.testing.assert_allclose(side, [[[0.9, 0.8, 0.3, 0.0, 0.05]]], atol=1e-6)
 
 
 def test_a_mask_without_probability_cannot_be_averaged():
@@ -55,21 +66,20 @@ def weights_with_supports(tmp_path_factory, trained_weights, example_dataset) ->
     return weights
 
 
-def test_model_and_atlas_probabilities_meet_on_an_oblique_grid(weights_with_supports, example_dataset):
-    """Both engines return a probability on the query's own grid, so the two can be averaged
-    voxel by voxel; the result is what ``average`` makes of them."""
+def test_the_average_comes_back_on_flipped_and_oblique_grids(weights_with_supports, example_dataset):
+    """Engines run in the model's orientation (as process.py calls them); the mask and the mean
+    probability it was cut from both come back on the query's own grid."""
     engine = AverageEngine.from_weights(weights_with_supports, RuntimeOptions(device="cpu"))
     assert engine.can_segment("GED4") and not engine.missing("GED4")
-    case = example_dataset.split("test")[0]
-    query = reoriented(sitk.ReadImage(str(case.images["GED4"])), "oblique")
-    model, atlas = engine.first.segment(query, "GED4"), engine.second.segment(query, "GED4")
-    shape = query.GetSize()[::-1]
-    for own in (model, atlas):
-        assert own.probability.shape == shape and own.probability.dtype == np.float32
-        assert 0.0 <= own.probability.min() and own.probability.max() <= 1.0
-    fused = average(model, atlas)
-    assert fused.mask.shape == shape and fused.mask.any()
-    assert ((fused.probability >= 0.5) | (fused.mask == 0)).all()
+    image = sitk.ReadImage(str(example_dataset.split("test")[0].images["GED4"]))
+    for kind in ("flipped", "oblique"):
+        query = reoriented(image, kind)
+        fused = segment_in_orientation(engine, query, "GED4", None)
+        shape = query.GetSize()[::-1]
+        assert fused.mask.shape == shape and fused.probability.shape == shape
+        assert 0.0 <= fused.probability.min() and fused.probability.max() <= 1.0
+        np.testing.assert_array_equal(fused.mask, largest_component(fused.probability >= 0.5))
+        assert fused.detail.startswith("average of 3d_fullres")
 
 
 def _served(weights: Path, example_dataset, out: Path) -> list[str]:

@@ -45,14 +45,25 @@ class AverageEngine(EnginePair):
 
 def average(a: Segmentation, b: Segmentation, threshold: float = 0.5) -> Segmentation:
     """The largest component where the mean of two engines' liver probabilities reaches
-    ``threshold``; its binary entropy is the uncertainty."""
+    ``threshold``; its binary entropy is the uncertainty. Each probability first takes the side of
+    its engine's organ (``on_the_mask_side``)."""
     for own in (a, b):
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
-    mean = (np.asarray(a.probability, np.float32) + np.asarray(b.probability, np.float32)) / 2
+    mean = (on_the_mask_side(a) + on_the_mask_side(b)) / 2
     mask = largest_component(mean >= threshold)
     alike = dice(a.mask > 0, b.mask > 0)
     detail = f"average of {a.detail} and {b.detail} (masks {alike:.0%} alike by Dice)"
     return Segmentation(mask, detail, binary_entropy(mean), device=a.device,
                         precision=a.precision, probability=mean)
+
+
+def on_the_mask_side(segmentation: Segmentation) -> np.ndarray:
+    """The probability with its side taken from the engine's organ (the largest component of its
+    mask): an island the model is sure of, or a strand the atlas's opening cut, counts as sure
+    background, so the average never revives what either engine's clean-up removed. The distance
+    from one half, the engine's confidence, is kept."""
+    organ = largest_component(segmentation.mask) > 0
+    distance = np.abs(np.asarray(segmentation.probability, np.float32) - 0.5)
+    return np.where(organ, 0.5 + distance, 0.5 - distance).astype(np.float32)
