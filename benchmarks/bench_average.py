@@ -45,8 +45,8 @@ def score_fold(fold: Path, labels: int) -> dict[str, dict[str, dict[str, float]]
         model = segment_in_orientation(engine.first, image, SEQUENCE, None)
         middle = time.perf_counter()
         atlas = segment_in_orientation(engine.second, image, SEQUENCE, None)
-        seconds = {"model": middle - start, "atlas": time.perf_counter() - middle, "average": 0.0}
-        seconds["average"] = seconds["model"] + seconds["atlas"]
+        end = time.perf_counter()
+        seconds = {"model": middle - start, "atlas": end - middle, "average": end - start}
         # largest components, as the loop's held-out predictions and process.py keep them
         masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask),
                  "average": average(model, atlas).mask}

@@ -3,12 +3,14 @@ agreement (round 0's fused pseudo labels) and the average (model and atlas at pr
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import SimpleITK as sitk
 
 from sslmedsam2.engines.base import Engine, Segmentation
 
 
-class EnginePair:
+class EnginePair(ABC):
     """Serves a sequence only when both ``first`` and ``second`` can; subclasses say how their
     two segmentations become one (``combine``)."""
 
@@ -36,5 +38,6 @@ class EnginePair:
         return self.combine(self.first.segment(image, sequence, vendor),
                             self.second.segment(image, sequence, vendor))
 
+    @abstractmethod
     def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
-        raise NotImplementedError
+        """One segmentation from ``first``'s (``a``) and ``second``'s (``b``)."""
