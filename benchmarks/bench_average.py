@@ -5,9 +5,11 @@ nnU-Net, and its labelled patients as atlas supports), exactly as ``process.py -
 builds it, and segments the fold's held-out patients. Prints per fold the held-out Dice and HD95 of
 the model alone, the atlas alone and their average (one pass: the two engines' own probabilities),
 beside the labelled-only control the benchmark trained in the same fold (``labelled_only_L<n>``),
-and writes the per-patient figures to --json. Trains nothing; about a minute per patient on 2 cores.
+and writes the per-patient figures to --json (folds already in that file and not scored now are
+kept, so folds trained in different sessions end in one file). Trains nothing; about a minute per
+patient on 2 cores.
 
-    python benchmarks/bench_average.py --work /work/bench/seed1 --labels 1 [--json FILE]
+    python benchmarks/bench_average.py --work /work/bench/seed1 --labels 1 [--only-folds 1 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def control_dice(fold: Path, labels: int) -> float | None:
 
 def main() -> int:
     args = parse_args()
-    folds = sorted(f for f in args.work.glob("fold*") if (f / f"ssl_L{args.labels}" / "weights").is_dir())
+    folds = sorted(f for f in args.work.glob("fold*") if (f / f"ssl_L{args.labels}" / "weights").is_dir()
+                   and (args.only_folds is None or int(f.name.removeprefix("fold")) in args.only_folds))
     if not folds:
         raise SystemExit(f"{args.work}: no fold*/ssl_L{args.labels}/weights (run bench_ssl_real.py first)")
-    report = {}
+    report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     for fold in folds:
         cases = score_fold(fold, args.labels)
         means = {arm: statistics.mean(c[arm]["dice"] for c in cases.values()) for arm in ARMS}
@@ -79,7 +82,7 @@ def main() -> int:
                              "labelled_only": control_dice(fold, args.labels)}
     print("\n| fold | labelled-only | model | atlas | average | average - labelled-only |\n"
           "|---|---|---|---|---|---|")
-    for name, fold in report.items():
+    for name, fold in sorted(report.items()):
         control, means = fold["labelled_only"], fold["mean_dice"]
         margin = "n/a" if control is None else f"{means['average'] - control:+.3f}"
         print(f"| {name} | {control if control is not None else 'n/a'} | " +
@@ -94,7 +97,10 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="bench_ssl_real.py's --work folder")
     parser.add_argument("--labels", type=int, default=1, help="which arm: ssl_L<labels> (default 1)")
-    parser.add_argument("--json", type=Path, help="write the per-patient figures here")
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None,
+                        help="score these fold indices only (default: every trained fold)")
+    parser.add_argument("--json", type=Path,
+                        help="write the per-patient figures here (its other folds are kept)")
     return parser.parse_args()
 
 

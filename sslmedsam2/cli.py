@@ -98,13 +98,14 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--all-components", action="store_true",
                       help="keep every connected component (default: only the largest, the liver)")
     how = parser.add_argument_group("how to run the model")
-    how.add_argument("--engines", type=lambda t: tuple(t.split(",")),
-                     default=("nnunet", "sam2", "atlas"),
+    how.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=None,
                      help="engines tried in this order for each sequence: nnunet (trained models), "
                           "sam2 (few-shot from <weights>/supports with a checkpoint in "
                           "<weights>/sam2), atlas (registration of the supports), average "
-                          "(mean of nnunet's and atlas's liver probability: a registration per "
-                          "case on top of the model; opt-in). Default: nnunet,sam2,atlas")
+                          "(mean of nnunet's and atlas's liver probability, for the supports' "
+                          "sequence: a registration per case on top of the model). Default: the "
+                          "chain the weights' manifest names (an SSL run's: average,nnunet,sam2,"
+                          "atlas), else nnunet,sam2,atlas")
     how.add_argument("--device", default="auto", help="auto (GPU if visible), cpu or cuda[:N]")
     how.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
     how.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -320,7 +321,7 @@ def _sam2_recipe(args: argparse.Namespace, supports):
 def run_check_weights(args: argparse.Namespace) -> int:
     from sslmedsam2.container.weights_check import check_weights
 
-    report = check_weights(args.weights or default_weights_dir(), tuple(args.engines))
+    report = check_weights(args.weights or default_weights_dir(), args.engines)
     print("\n".join(report.lines()))
     for problem in report.problems:
         log.error("%s", problem)
@@ -573,9 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Exit code 1 when anything is broken or GED4 would not be served.")
     check.add_argument("weights", type=Path, nargs="?", default=None,
                        help="the weights folder (default: as process.py finds it)")
-    check.add_argument("--engines", type=lambda t: tuple(t.split(",")),
-                       default=("nnunet", "sam2", "atlas"),
-                       help="engines in process.py's order (default nnunet,sam2,atlas)")
+    check.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=None,
+                       help="engines in process.py's order (default: as process.py chooses them, "
+                            "from the manifest, else nnunet,sam2,atlas)")
     check.add_argument("-v", "--verbose", action="store_true")
     check.set_defaults(func=run_check_weights)
 

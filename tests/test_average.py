@@ -1,5 +1,5 @@
-"""The model-and-atlas average: the mean of two liver probabilities, on the input's grid, opt-in
-in process.py."""
+"""The model-and-atlas average: the mean of two liver probabilities, on the input's grid, served
+by process.py when asked or when the weights' manifest names it."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import SimpleITK as sitk
 from conftest import reoriented, run_process
 from test_process import assert_on_grid, summary
 
+from sslmedsam2.container.weights_check import check_weights
+from sslmedsam2.engines import AVERAGED_ENGINES
+from sslmedsam2.engines.atlas import AtlasEngine
 from sslmedsam2.engines.average import AverageEngine, average, on_the_mask_side
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import EngineUnavailableError
+from sslmedsam2.manifest import write_manifest
 from sslmedsam2.orientation import segment_in_orientation
 from sslmedsam2.postprocess import binary_entropy, largest_component
 from sslmedsam2.supports import find_supports
@@ -82,17 +86,28 @@ def test_the_average_comes_back_on_flipped_and_oblique_grids(weights_with_suppor
         assert fused.detail.startswith("average of 3d_fullres")
 
 
-def _served(weights: Path, example_dataset, out: Path) -> list[str]:
-    """The engine of every GED4 mask ``process.py --engines average,nnunet`` writes."""
+def test_only_the_supports_sequence_is_averaged(weights_with_supports):
+    """Another sequence's atlas registers affinely and was never measured averaged: it goes to the
+    next engine in the order, and the reason is named."""
+    atlas = AtlasEngine.from_weights(weights_with_supports, RuntimeOptions(device="cpu"))
+    engine = AverageEngine(atlas, atlas, sequences=(atlas.support_sequence,))
+    assert atlas.support_sequence == "GED4" and atlas.can_segment("T1")
+    assert engine.can_segment("GED4") and not engine.can_segment("T1")
+    assert "GED4 only" in engine.missing("T1")
+
+
+def _served(weights: Path, example_dataset, out: Path, *engines: str) -> list[str]:
+    """The engine of every GED4 mask ``process.py`` writes (with ``--engines`` when given)."""
     result = run_process("--input", example_dataset.test_input_dir, "--output", out,
-                         "--weights", weights, "--engines", "average,nnunet", "--sequences", "GED4")
+                         "--weights", weights, "--sequences", "GED4", *engines)
     assert result.returncode == 0, result.stderr
     return [c["engine"] for c in summary(out)["cases"] if c["status"] == "ok"]
 
 
 def test_process_serves_the_average_when_asked(tmp_path, weights_with_supports, example_dataset):
     out, cases = tmp_path / "output", example_dataset.split("test")
-    assert _served(weights_with_supports, example_dataset, out) == ["average"] * len(cases)
+    served = _served(weights_with_supports, example_dataset, out, "--engines", "average,nnunet")
+    assert served == ["average"] * len(cases)
     for case in cases:
         assert_on_grid(out / "LiSeg_pred" / case.case_id / "GED4_pred.nii.gz",
                        sitk.ReadImage(str(case.images["GED4"])))
@@ -100,5 +115,20 @@ def test_process_serves_the_average_when_asked(tmp_path, weights_with_supports, 
 
 def test_without_supports_the_average_steps_aside(tmp_path, trained_weights, example_dataset):
     """No supports: the average cannot serve, so the next engine in the order does."""
-    served = _served(trained_weights, example_dataset, tmp_path / "output")
+    served = _served(trained_weights, example_dataset, tmp_path / "output", "--engines", "average,nnunet")
     assert served == ["nnunet"] * len(example_dataset.split("test"))
+
+
+def test_the_manifest_chain_is_the_default_and_the_command_line_overrides_it(
+        tmp_path, weights_with_supports, example_dataset):
+    """An SSL run's manifest names the averaged chain: process.py and check-weights follow it
+    unless ``--engines`` says otherwise."""
+    weights = shutil.copytree(weights_with_supports, tmp_path / "weights")
+    write_manifest(weights, {"engines": list(AVERAGED_ENGINES)})
+    cases = len(example_dataset.split("test"))
+    assert _served(weights, example_dataset, tmp_path / "by-manifest") == ["average"] * cases
+    assert _served(weights, example_dataset, tmp_path / "asked", "--engines", "nnunet") == ["nnunet"] * cases
+    ged4 = next(s for s in check_weights(weights).services if s.sequence == "GED4")
+    assert ged4.engines[0] == "average of nnunet and atlas, 1 support(s)"
+    assert next(s for s in check_weights(weights, ("nnunet",)).services
+                if s.sequence == "GED4").engines[0].startswith("nnunet")

@@ -175,15 +175,18 @@ def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
     assert sorted(m.rsplit("__", 1)[1] for m in manifest["models"]["GED4"]["models"]) == [
         "2d", "3d_fullres"]
     assert any(name.endswith("fold_all/checkpoint_final.pth") for name in manifest["files"])
+    assert manifest["engines"] == ["average", "nnunet", "sam2", "atlas"]  # loop.serve_average
     out = tmp_path / "out"
     # pinned to the CPU: the choice checked below is the CPU's (a GPU prefers 3d_fullres)
     done = run_process("--input", ssl_data.test_input_dir, "--output", out,
                        "--weights", result.weights_dir, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     records = json.loads((out / "sslmedsam2-summary.json").read_text())["cases"]
-    assert {(r["sequence"], r["engine"]) for r in records} == {("GED4", "nnunet"), ("T1", "nnunet")}
+    # the supports' sequence is averaged with the atlas; T1's atlas would be affine: the model alone
+    assert {(r["sequence"], r["engine"]) for r in records} == {("GED4", "average"), ("T1", "nnunet")}
     assert {r["device"] for r in records} == {"cpu"}
-    assert all(r["message"].startswith("2d ") for r in records)  # the CPU's choice: the companion
+    # the CPU's choice: the 2d companion, alone or inside the average
+    assert all(r["message"].removeprefix("average of ").startswith("2d ") for r in records)
     for record in records:
         image = sitk.ReadImage(record["input"])
         assert same_grid(sitk.ReadImage(record["output"]), image)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sslmedsam2.container.layouts import GrandChallengeSlugs, Job, detect_layout
-from sslmedsam2.engines import Engine, RuntimeOptions, build_engines
+from sslmedsam2.engines import Engine, RuntimeOptions, build_engines, manifest_engines
 from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask, write_text_atomic
 from sslmedsam2.manifest import verify_manifest
@@ -39,8 +39,9 @@ class InferenceSettings:
     input_path: Path
     output_dir: Path
     weights_dir: Path
-    #: Tried in order per sequence: the first engine that can serve it segments it.
-    engines: tuple[str, ...] = ("nnunet", "sam2", "atlas")
+    #: Tried in order per sequence: the first engine that can serve it segments it. None: the
+    #: chain the weights' manifest asks for, else ``engines.DEFAULT_ENGINES``.
+    engines: tuple[str, ...] | None = None
     runtime: RuntimeOptions = RuntimeOptions()
     #: CARE sequences to segment besides GED4; None = every sequence an engine can serve.
     sequences: tuple[str, ...] | None = None
@@ -130,9 +131,11 @@ def _run_all(settings: InferenceSettings) -> RunSummary:
         return RunSummary(layout=plan.name, fatal=str(exc))
     threads = configure_threads(settings.runtime.threads)
     orientation = manifest.get("orientation", CANONICAL)
-    settings = replace(settings, default_sequence=settings.default_sequence or sole_sequence(manifest))
-    log.info("layout %s: %d volume(s) in %s; %d thread(s); models see volumes in %s orientation",
-             plan.name, len(plan.jobs), settings.input_path, threads, orientation)
+    settings = replace(settings, default_sequence=settings.default_sequence or sole_sequence(manifest),
+                       engines=settings.engines or manifest_engines(manifest))
+    log.info("layout %s: %d volume(s) in %s; %d thread(s); models see volumes in %s orientation; "
+             "engines %s", plan.name, len(plan.jobs), settings.input_path, threads, orientation,
+             ",".join(settings.engines))
     summary = RunSummary(layout=plan.name)
     for problem in plan.problems:
         log.error("%s", problem)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from sslmedsam2.engines import manifest_engines
 from sslmedsam2.engines.nnunet import CHECKPOINT, ModelFolder, discover_models
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.fewshot.checkpoint_file import check_archive
@@ -25,9 +26,8 @@ from sslmedsam2.fewshot.checkpoints import checkpoint_files
 from sslmedsam2.fewshot.identity import CheckpointIdentity, identify_checkpoint
 from sslmedsam2.manifest import MANIFEST, verify_manifest
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4
+from sslmedsam2.io import volume_stem
 from sslmedsam2.supports import Support, find_supports
-
-DEFAULT_ENGINES = ("nnunet", "sam2", "atlas")
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,18 @@ class WeightsReport:
         return lines
 
 
-def check_weights(root: Path, engines: tuple[str, ...] = DEFAULT_ENGINES) -> WeightsReport:
-    """Check the folder ``process.py --weights root`` would use with ``--engines engines``."""
+def check_weights(root: Path, engines: tuple[str, ...] | None = None) -> WeightsReport:
+    """Check the folder ``process.py --weights root`` would use with ``--engines engines``
+    (None: the chain its manifest names, else the default one, as process.py does)."""
     root = Path(root)
     report = WeightsReport(root)
     if not root.is_dir():
         report.findings.append(Finding(str(root), "no such folder", ok=False))
         report.services.append(Service(GED4, ("not served",), ok=False))
         return report
-    report.findings.append(_manifest(root))
+    finding, manifest = _manifest(root)
+    report.findings.append(finding)
+    engines = engines or manifest_engines(manifest)
     sam2, sam2_findings = _sam2(root)
     models, model_findings = _nnunet(root)
     supports, support_findings = _supports(root)
@@ -94,15 +97,16 @@ def check_weights(root: Path, engines: tuple[str, ...] = DEFAULT_ENGINES) -> Wei
     return report
 
 
-def _manifest(root: Path) -> Finding:
+def _manifest(root: Path) -> tuple[Finding, dict]:
+    """The manifest's finding, and the manifest when it holds (else an empty one)."""
     try:
         manifest = verify_manifest(root)
     except SSLMedSAM2Error as error:
-        return Finding(MANIFEST, _without_path(error, root / MANIFEST), ok=False)
+        return Finding(MANIFEST, _without_path(error, root / MANIFEST), ok=False), {}
     if manifest is None:
         return Finding(MANIFEST, "absent: a hand-assembled folder, files not checked against "
-                                 "checksums")
-    return Finding(MANIFEST, f"{len(manifest['files'])} file(s) match their sha256")
+                                 "checksums"), {}
+    return Finding(MANIFEST, f"{len(manifest['files'])} file(s) match their sha256"), manifest
 
 
 Sam2Outcome = CheckpointIdentity | SSLMedSAM2Error | None
@@ -234,9 +238,14 @@ def _serving(sequence: str, engines: tuple[str, ...], models: list[tuple[ModelFo
                 served.append("sam2 BROKEN checkpoint")
         elif engine == "atlas" and supports:
             served.append(f"atlas, {len(supports)} support(s)")
-        elif engine == "average" and models and supports:
+        elif engine == "average" and models and supports and _support_sequence(supports) == sequence:
             served.append(f"average of nnunet and atlas, {len(supports)} support(s)")
     return served
+
+
+def _support_sequence(supports: list[Support]) -> str:
+    """The sequence an exported weights folder's supports hold (one for all of them)."""
+    return volume_stem(supports[0].image)
 
 
 def _relative(path: Path, root: Path) -> str:

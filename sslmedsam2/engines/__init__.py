@@ -11,6 +11,12 @@ from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.engines.sam2 import Sam2Engine
 from sslmedsam2.errors import UsageError
 
+#: process.py's chain when neither the command line nor the weights' manifest names one
+DEFAULT_ENGINES = ("nnunet", "sam2", "atlas")
+#: the chain an SSL run exports by default (``loop.serve_average``): the model averaged with the
+#: atlas over the supports' sequence, the plain chain for every other sequence
+AVERAGED_ENGINES = ("average", *DEFAULT_ENGINES)
+
 ENGINES: dict[str, EngineFactory] = {
     "nnunet": NnUNetEngine,
     "sam2": Sam2Engine.from_weights,
@@ -27,4 +33,10 @@ def build_engines(names: tuple[str, ...], weights_dir: Path, options: RuntimeOpt
     return [ENGINES[name](weights_dir, options) for name in names]
 
 
-__all__ = ["ENGINES", "Engine", "RuntimeOptions", "Segmentation", "build_engines"]
+def manifest_engines(manifest: dict) -> tuple[str, ...]:
+    """The chain a weights folder asks for (its manifest's ``engines``), else the default one."""
+    return tuple(manifest.get("engines") or DEFAULT_ENGINES)
+
+
+__all__ = ["AVERAGED_ENGINES", "DEFAULT_ENGINES", "ENGINES", "Engine", "RuntimeOptions", "Segmentation",
+           "build_engines", "manifest_engines"]

@@ -5,8 +5,9 @@ round 0's labels still fail in different places: the model strays where its few 
 reached, the registration misses boundaries it cannot see. On the real-patient benchmark with one
 label the mean of their two liver probabilities, thresholded at one half, scored above either
 part on the mean of the folds and above labelled-only in each (``benchmarks/RESULTS.md``,
-attempt 8). It costs a registration per case on top of the model, so it is an engine one asks
-for (``--engines average,nnunet,atlas``), not the default.
+attempt 8). It costs a registration per case on top of the model. An SSL run's weights ask for
+it (``loop.serve_average``, on by default; the manifest's ``engines``), and only for the
+supports' own sequence: another sequence's atlas is affine and was never measured averaged.
 """
 
 from __future__ import annotations
@@ -30,15 +31,29 @@ class AverageEngine(EnginePair):
 
     name = "average"
 
-    def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5) -> None:
+    def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5,
+                 sequences: tuple[str, ...] | None = None) -> None:
         super().__init__(model, atlas)
         self.threshold = threshold
+        #: the sequences averaged (None: any both engines serve)
+        self.sequences = sequences
 
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> AverageEngine:
-        """The weights folder's nnU-Net (with its probability) and its supports' atlas."""
-        return cls(NnUNetEngine(weights_dir, options, with_uncertainty=True),
-                   AtlasEngine.from_weights(weights_dir, options))
+        """The weights folder's nnU-Net (with its probability) and its supports' atlas, for the
+        supports' sequence."""
+        atlas = AtlasEngine.from_weights(weights_dir, options)
+        return cls(NnUNetEngine(weights_dir, options, with_uncertainty=True), atlas,
+                   sequences=(atlas.support_sequence,))
+
+    def can_segment(self, sequence: str) -> bool:
+        averaged = self.sequences is None or sequence in self.sequences
+        return averaged and super().can_segment(sequence)
+
+    def missing(self, sequence: str) -> str:
+        if self.sequences is not None and sequence not in self.sequences:
+            return f"averaging covers {', '.join(self.sequences)} only (the supports' sequence)"
+        return super().missing(sequence)
 
     def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
         return average(a, b, self.threshold)

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from sslmedsam2 import __version__
 from sslmedsam2.datasets import read_collection
+from sslmedsam2.engines import AVERAGED_ENGINES, DEFAULT_ENGINES
 from sslmedsam2.errors import UsageError
 from sslmedsam2.evaluation.folders import aligned_table
 from sslmedsam2.evaluation.montage import save_overlay_montage
@@ -194,10 +195,12 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
                               "folds": final.folds, "trained_on": final.trained_on,
                               "rounds": [r.step for r in records if r.sequence == sequence]}
     copy_supports(run.supports, staging / "supports", run.labelled_sequence)
+    engines = served_engines(run)
     write_manifest(staging, {
         "sslmedsam2": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run.run_dir), "config": run.config.to_dict(), "models": exported,
         "supports": [s.case for s in run.supports], "orientation": CANONICAL,
+        "engines": list(engines),
         "pseudo_labels": pseudo_label_source(run.config), "report": loop_summary(records)})
     old = weights_dir.with_name(f".{weights_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -205,8 +208,15 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
         os.replace(weights_dir, old)
     os.replace(staging, weights_dir)
     shutil.rmtree(old, ignore_errors=True)
-    log.info("weights exported to %s (%s)", weights_dir, ", ".join(exported), extra=FILE_ONLY)
+    log.info("weights exported to %s (%s); process.py tries %s", weights_dir, ", ".join(exported),
+             ",".join(engines), extra=FILE_ONLY)
     return weights_dir
+
+
+def served_engines(run: SemiSupervisedRun) -> tuple[str, ...]:
+    """The chain the exported weights ask process.py for: the model averaged with the atlas
+    (``loop.serve_average``) where there are supports to register."""
+    return AVERAGED_ENGINES if run.config.loop.serve_average and run.supports else DEFAULT_ENGINES
 
 
 def copy_supports(supports: list[Support], target: Path, sequence: str) -> None:
