@@ -4,9 +4,10 @@ With one or a few labelled patients the nnU-Net trained on pseudo labels and the
 round 0's labels still fail in different places: the model strays where its few real labels never
 reached, the registration misses boundaries it cannot see. On the real-patient benchmark with one
 label the mean of their two liver probabilities, thresholded at one half, beat the model alone
-on Dice in four folds of six and on HD95 in five (``benchmarks/RESULTS.md``, attempt 8). It costs a registration per case on top of the model. An SSL run's weights ask for
-it (``loop.serve_average``, on by default; the manifest's ``engines``), and only for the
-supports' own sequence: another sequence's atlas is affine and was never measured averaged.
+on Dice in four folds of six and on HD95 in five (``benchmarks/RESULTS.md``, attempt 8). It
+costs a registration per case on top of the model. An SSL run's weights ask for it
+(``loop.serve_average``, on by default; the manifest's ``engines``), and only for the supports'
+own sequence: another sequence's atlas is affine and was never measured averaged.
 """
 
 from __future__ import annotations
