@@ -13,7 +13,8 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
   with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
   nnU-Net (copied in, not retrained), and training ignores where they disagree; with
   --warm-start ("... warm"), each round's nnU-Net starts from the model before it (round 1: the
-  labelled-only partner) instead of from scratch;
+  labelled-only partner) instead of from scratch; with --labelled-share S ("... share S"), the
+  labelled patients are repeated to make about S of each SSL training set;
 * fully supervised: nnU-Net on every training patient with its true mask.
 
 Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the raw figures to
@@ -21,7 +22,8 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
         [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
-        [--warm-start] [--vote-only] [--skip-fully-supervised] [--skip-labelled-only] [--skip-ssl]
+        [--warm-start] [--labelled-share S] [--vote-only] [--skip-fully-supervised]
+        [--skip-labelled-only] [--skip-ssl]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -101,6 +103,10 @@ def parse_args() -> argparse.Namespace:
                         help="SSL arms (named '... warm', own run folders) start each round from "
                              "the model before it (loop.warm_start; round 1 from the labelled-only "
                              "partner with --fuse)")
+    parser.add_argument("--labelled-share", type=float, default=0.0,
+                        help="SSL arms (named '... share S', own run folders) repeat the labelled "
+                             "patients to make about this share of each training set "
+                             "(pseudo_labels.labelled_share; default 0: each once)")
     parser.add_argument("--skip-fully-supervised", action="store_true",
                         help="leave the fully supervised arm out (e.g. already measured: its "
                              "training is seeded and gives the same model again)")
@@ -157,6 +163,9 @@ def ssl_arm_name(count: int, args: argparse.Namespace) -> tuple[str, str]:
     name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
     if args.warm_start:
         name, folder = f"{name} warm", folder.replace("_L", "_warm_L")
+    if args.labelled_share:
+        name, folder = f"{name} share {args.labelled_share:g}", folder.replace(
+            "_L", f"_share{args.labelled_share:g}_L")
     return name, folder
 
 
@@ -193,7 +202,8 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                              "atlas_syn_start": args.atlas_syn_start,
                              "atlas_weighting": not args.vote_only,
                              "atlas_intensity": not args.vote_only,
-                             **(FUSED if args.fuse and engine != "none" else {})},
+                             **(FUSED if args.fuse and engine != "none" else {}),
+                             **({"labelled_share": args.labelled_share} if engine != "none" else {})},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
                     "device": "cpu", "choose_export": args.choose_export,

@@ -88,6 +88,7 @@ def test_train_with_a_read_only_home_keeps_caches_in_a_temp_folder(tmp_path):
     ({"data": {"train": "x", "sequences": ["GED4", "T1"]}, "pseudo_labels": {"engine": "none"}},
      "one sequence has labels"),
     ({"data": {"train": "x", "holdout_labels": "y"}}, "holdout_labels needs data.holdout_images"),
+    ({"data": {"train": "x"}, "pseudo_labels": {"labelled_share": 1.0}}, "labelled_share must lie in [0, 1)"),
 ])
 def test_bad_configs_say_what_is_wrong(raw, message, tmp_path):
     with pytest.raises(UsageError, match=None) as caught:
@@ -267,6 +268,24 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
     assert fallback.holdout_cases == 2
     assert not (tmp_path / "run" / "GED4" / "final_labelled_only" / "nnunet").exists()
     assert any((sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 2).any() for p in labels)
+
+
+def test_labelled_share_repeats_the_manual_masks_in_every_ssl_training(ssl_data, tmp_path):
+    """At a share of 0.75 the manual masks make 3/4 of the nnU-Net training set, in round 1
+    (3 labelled x 3 + 3 pseudo) and in the export choice's SSL arm (1 labelled x 9 + 3 pseudo);
+    the record names each case once."""
+    raw = raw_config(ssl_data, pseudo_labels={"labelled_share": 0.75, "atlas_method": "affine",
+                                              "min_volume_ml": 1, "max_components": 0},
+                     loop={"choose_export": True})
+    result = run_ssl(build_config(raw, Path.cwd()), tmp_path / "run", progress=False)
+    round_one = next(r for r in result.records if r.step == "round_01")
+    assert (round_one.labelled, round_one.pseudo_kept, len(round_one.trained_on)) == (3, 3, 6)
+    labelled = set(round_one.trained_on[:3])
+    for step in ("round_01", "export_choice/ssl_fold0"):
+        names = [p.name.split(".")[0] for p in (tmp_path / "run" / "GED4" / step).rglob(
+            "nnUNet_raw/*/labelsTr/*.nii.gz")]
+        manual = [n for n in names if n.split("_copy")[0] in labelled]
+        assert len(names) == 12 and len(manual) == 9, (step, names)
 
 
 def test_warm_started_round_starts_from_the_labelled_only_partner(ssl_data, tmp_path):

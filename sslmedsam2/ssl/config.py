@@ -66,7 +66,11 @@ class PseudoLabelConfig:
     bit, so with ``ignore_uncertainty_above`` set those voxels are not trained on (see
     ``engines.agreement``). Whole cases are dropped when their pseudo label is empty, smaller than
     ``min_volume_ml``, or has more than ``max_components`` connected components of at least 1 ml
-    (None: no limit).
+    (None: no limit). ``labelled_share``: nnU-Net draws its training cases uniformly, so one
+    manual mask among nine pseudo labels teaches a tenth of the time; above 0 the labelled
+    cases are repeated in the training set until they make about this share of it (0: each
+    once, as in the paper; with cross-validation folds a copy may sit in a fold's validation
+    set, which only flatters nnU-Net's own validation figure).
     """
 
     engine: str = "atlas"
@@ -80,6 +84,7 @@ class PseudoLabelConfig:
     same_vendor_supports: bool = True
     ignore_uncertainty_above: float | None = None
     fuse_labelled_only: bool = False
+    labelled_share: float = 0.0
     min_volume_ml: float = 50.0
     max_components: int | None = 3
     largest_component: bool = True
@@ -203,6 +208,8 @@ def check_config(config: SSLConfig) -> None:
         problems.append("pseudo_labels.engine = 'none' trains on labels only: one sequence has labels")
     if labels.ignore_uncertainty_above is not None and not 0 < labels.ignore_uncertainty_above < 1:
         problems.append("pseudo_labels.ignore_uncertainty_above must lie in (0, 1) bits")
+    if not 0 <= labels.labelled_share < 1:
+        problems.append("pseudo_labels.labelled_share must lie in [0, 1)")
     for name in ("intermediate", "final"):
         if getattr(config, name).profile not in PROFILES:
             problems.append(f"{name}.profile: {getattr(config, name).profile!r} "
@@ -335,6 +342,8 @@ same_vendor_supports = true       # the query's vendor's supports when it has an
 ignore_uncertainty_above = 0      # bits (0..1); voxels above become nnU-Net's ignore label
 fuse_labelled_only = false        # round 0: keep the liver where the few-shot engine and an nnU-Net
                                   # on the labelled cases agree (their disagreement: 1 bit)
+labelled_share = 0.0              # > 0: labelled cases repeated to make about this share of a
+                                  # training set with pseudo labels (0: each once)
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller
 max_components = 3                # drop cases with more components (>= 1 ml) than this
 largest_component = true          # keep only the largest component of kept pseudo labels

@@ -9,7 +9,7 @@ contributes no loss: the network is not trained towards what the labeller was un
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +103,13 @@ def uncertainty_path_of(mask_path: Path) -> Path:
     """``<case>/<SEQ>.nii.gz`` -> ``<case>/<SEQ>_uncertainty.nii.gz`` (the pseudo-label layout)."""
     name = mask_path.name.removesuffix(".nii.gz")
     return mask_path.with_name(f"{name}_uncertainty.nii.gz")
+
+
+def with_labelled_share(labelled: list[Support], pseudo: list[Support], share: float) -> list[Support]:
+    """The training set, labelled cases repeated (``<case>_copy<i>``) until they make about
+    ``share`` of it; nnU-Net samples cases uniformly, so this is how often a real mask is seen."""
+    times = 1
+    if share > 0 and labelled and pseudo:
+        times = max(1, round(share / (1 - share) * len(pseudo) / len(labelled)))
+    copies = [replace(case, case=f"{case.case}_copy{i}") for i in range(1, times) for case in labelled]
+    return list(labelled) + copies + list(pseudo)

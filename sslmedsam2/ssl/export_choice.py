@@ -26,6 +26,7 @@ import numpy as np
 from sslmedsam2.io import write_text_atomic
 from sslmedsam2.pseudo_label import Query
 from sslmedsam2.runtime import available_cpus
+from sslmedsam2.ssl.dataset import with_labelled_share
 from sslmedsam2.supports import Support
 from sslmedsam2.training.supervised import fit_nnunet
 
@@ -82,7 +83,8 @@ def choose_export(run: "SemiSupervisedRun", cases: "SequenceCases", final: "Step
             model, scores = _left_out_dice(run, cases, others, left_out,
                                            folder / f"{LABELLED_ONLY}_fold{number}", number)
             choice.labelled_only_dice.update(scores)
-            _, scores = _left_out_dice(run, cases, others + pseudo, left_out,
+            ssl_training = with_labelled_share(others, pseudo, run.config.pseudo_labels.labelled_share)
+            _, scores = _left_out_dice(run, cases, ssl_training, left_out,
                                        folder / f"{SSL}_fold{number}", number, ignore,
                                        model if _warm_started(run) else None)
             choice.ssl_dice.update(scores)

@@ -49,7 +49,7 @@ from sslmedsam2.pseudo_label import CaseLabeller, Query, find_queries, outputs_o
 from sslmedsam2.runtime import available_cpus, resolve_device
 from sslmedsam2.sequences import CARE_SEQUENCES
 from sslmedsam2.ssl.config import SSLConfig
-from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases
+from sslmedsam2.ssl.dataset import Verdict, pseudo_labelled_cases, with_labelled_share
 from sslmedsam2.ssl.export_choice import LABELLED_ONLY, SSL, choose_export, rebuild_training_set
 from sslmedsam2.supports import Support
 from sslmedsam2.training.supervised import TrainingProfile, check_folds, fit_nnunet, trained_model_folder
@@ -421,7 +421,10 @@ class SemiSupervisedRun:
         if not extras:
             return []
         labelled = {s.case: s for s in cases.labelled}
-        training = rebuild_training_set(cases, record.trained_on or [], labels_dir)
+        rebuilt = rebuild_training_set(cases, record.trained_on or [], labels_dir)
+        training = with_labelled_share([s for s in rebuilt if s.case in labelled],
+                                       [s for s in rebuilt if s.case not in labelled],
+                                       self.config.pseudo_labels.labelled_share)
         profile = self.config.final.resolve(len(training))
         ignore = (self.config.pseudo_labels.ignore_uncertainty_above is not None
                   and len(training) > len(labelled))
@@ -452,17 +455,19 @@ class SemiSupervisedRun:
             missing = {s.case: "no pseudo label (labelling failed)" for s in available
                        if not s.mask.is_file()}
             record.dropped = {**missing, **{v.case: v.reason for v in verdicts if not v.kept}}
-        training = cases.labelled + kept
+        training = with_labelled_share(cases.labelled, kept, self.config.pseudo_labels.labelled_share)
         if not training:
             raise SSLMedSAM2Error(f"{cases.sequence}: nothing to train on (no labelled case and "
                                   "every pseudo label was left out)")
         profile = schedule.resolve(len(training))
         check_folds(profile, len(training), f"the {cases.sequence} training set")
         record.pseudo_kept, record.pseudo_dropped = len(kept), len(record.dropped or {})
+        copies = len(training) - len(cases.labelled) - len(kept)
         log.info("%s %s: nnU-Net %s (%s, folds %s) on %d case(s): %d labelled + %d pseudo "
-                 "(%d left out)%s", cases.sequence, folder.name, profile.name,
+                 "(%d left out)%s%s", cases.sequence, folder.name, profile.name,
                  profile.configuration, ",".join(profile.folds), len(training),
                  len(cases.labelled), len(kept), record.pseudo_dropped,
+                 f" + {copies} labelled copies" if copies else "",
                  f", warm-started from {warm_start}" if warm_start else "")
         ignore = self.config.pseudo_labels.ignore_uncertainty_above is not None and bool(kept)
         model = fit_nnunet(training, folder / "nnunet", profile, cases.sequence,
@@ -471,7 +476,7 @@ class SemiSupervisedRun:
                            label=f"{cases.sequence} {folder.name}", show_progress=self.progress,
                            warm_start=warm_start)
         record.model, record.folds = str(model), list(profile.folds)
-        record.trained_on = [c.case for c in training]
+        record.trained_on = [c.case for c in cases.labelled + kept]
         return model, profile
 
     def _nnunet_engine(self, sequence: str, model: Path, profile: TrainingProfile) -> EngineRecipe:
