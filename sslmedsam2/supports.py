@@ -26,6 +26,12 @@ class Support:
     vendor: str | None = None
 
 
+def support_sequence(supports: list[Support]) -> str:
+    """The sequence an exported weights folder's supports hold (one for all of them; GED4 when
+    there are none)."""
+    return volume_stem(supports[0].image) if supports else GED4
+
+
 def find_supports(root: Path, sequence: str | None = GED4) -> list[Support]:
     """Every case under ``root`` (one or two levels down) with ``<SEQ>`` and ``mask_<SEQ>``;
     ``sequence=None`` takes any sequence (an exported weights folder holds one)."""

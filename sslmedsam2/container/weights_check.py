@@ -26,8 +26,7 @@ from sslmedsam2.fewshot.checkpoints import checkpoint_files
 from sslmedsam2.fewshot.identity import CheckpointIdentity, identify_checkpoint
 from sslmedsam2.manifest import MANIFEST, verify_manifest
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4
-from sslmedsam2.io import volume_stem
-from sslmedsam2.supports import Support, find_supports
+from sslmedsam2.supports import Support, find_supports, support_sequence
 
 
 @dataclass(frozen=True)
@@ -238,14 +237,9 @@ def _serving(sequence: str, engines: tuple[str, ...], models: list[tuple[ModelFo
                 served.append("sam2 BROKEN checkpoint")
         elif engine == "atlas" and supports:
             served.append(f"atlas, {len(supports)} support(s)")
-        elif engine == "average" and models and supports and _support_sequence(supports) == sequence:
+        elif engine == "average" and models and supports and support_sequence(supports) == sequence:
             served.append(f"average of nnunet and atlas, {len(supports)} support(s)")
     return served
-
-
-def _support_sequence(supports: list[Support]) -> str:
-    """The sequence an exported weights folder's supports hold (one for all of them)."""
-    return volume_stem(supports[0].image)
 
 
 def _relative(path: Path, root: Path) -> str:

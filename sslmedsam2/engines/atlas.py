@@ -12,10 +12,10 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
-from sslmedsam2.io import volume_stem
 from sslmedsam2.registration.label_propagation import AtlasConfig, propagate
 from sslmedsam2.sequences import GED4
-from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
+from sslmedsam2.supports import (Support, find_supports, load_support, same_vendor_first,
+                                 support_sequence)
 
 SUPPORTS_DIR = "supports"
 
@@ -39,8 +39,7 @@ class AtlasEngine:
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "AtlasEngine":
         folder = Path(weights_dir) / SUPPORTS_DIR
         supports = find_supports(folder, sequence=None)
-        sequence = volume_stem(supports[0].image) if supports else GED4
-        return cls(supports, origin=str(folder), support_sequence=sequence)
+        return cls(supports, origin=str(folder), support_sequence=support_sequence(supports))
 
     def can_segment(self, sequence: str) -> bool:
         return bool(self.supports)
