@@ -571,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "each SAM2 checkpoint by its content (official by sha256, else by its "
                     "tensors), each nnU-Net model folder (plans, dataset.json, fold checkpoints), "
                     "the supports' headers; then, per sequence, which engine would serve it. "
-                    "Exit code 1 when anything is broken or GED4 would not be served.")
+                    "Exit code 1 when anything is broken or the sequence process.py must segment "
+                    "(GED4, or the weights' only sequence) would not be served.")
     check.add_argument("weights", type=Path, nargs="?", default=None,
                        help="the weights folder (default: as process.py finds it)")
     check.add_argument("--engines", type=lambda t: tuple(t.split(",")), default=None,

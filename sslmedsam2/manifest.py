@@ -16,6 +16,7 @@ from typing import Any
 
 from sslmedsam2.errors import WeightsError
 from sslmedsam2.io import write_text_atomic
+from sslmedsam2.sequences import GED4
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +78,9 @@ def verify_manifest(weights_dir: Path) -> dict[str, Any] | None:
                            f"{'; '.join(problems)}); re-export it or remove the stray files")
     log.info("%s: %d file(s) match the manifest", weights_dir, len(listed))
     return manifest
+
+
+def sole_sequence(manifest: dict) -> str:
+    """The sequence of weights trained on one sequence only; GED4 otherwise (CARE's)."""
+    sequences = list(manifest.get("models", {}))
+    return sequences[0] if len(sequences) == 1 else GED4

@@ -302,6 +302,32 @@ def test_check_weights_reports_files_and_sequences(tmp_path, example_dataset):
     assert "not used: another file comes first" in cli.stdout
 
 
+def test_check_weights_follows_a_plain_collections_sequence(tmp_path, example_dataset):
+    """Weights trained on a plain collection's T2: its supports serve T2 (atlas, average, sam2's
+    support list), and GED4, which process.py does not need from them, is no problem."""
+    weights = tmp_path / "weights"
+    support = find_supports(example_dataset.train_dir)[0]
+    (weights / "supports" / "patient01").mkdir(parents=True)
+    shutil.copy(support.image, weights / "supports" / "patient01" / "T2.nii.gz")
+    shutil.copy(support.mask, weights / "supports" / "patient01" / "mask_T2.nii.gz")
+    fake_nnunet_model(weights, "T2", {"w": torch.zeros(3)})
+    write_manifest(weights, {"models": {"T2": {}}, "engines": ["average", "nnunet", "sam2", "atlas"]})
+
+    report = check_weights(weights)
+    text = "\n".join(report.lines())
+    assert not report.problems, text
+    assert "supports: 1 labelled T2 case(s)" in text
+    served = {s.sequence: s.engines for s in report.services}
+    assert served["T2"] == ("average of nnunet and atlas, 1 support(s)", "nnunet 3d_fullres (folds 0)",
+                            "atlas, 1 support(s)")
+    assert len(Sam2Engine.from_weights(weights, RuntimeOptions(device="cpu")).supports) == 1
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    write_manifest(bare, {"models": {"T2": {}}})
+    assert check_weights(bare).problems == ["T2: not served"]
+
+
 @needs_shared
 def test_the_weights_manifest_names_the_pseudo_label_checkpoint_by_content(tmp_path):
     from sslmedsam2.ssl.config import build_config

@@ -21,7 +21,7 @@ from sslmedsam2.container.layouts import GrandChallengeSlugs, Job, detect_layout
 from sslmedsam2.engines import Engine, RuntimeOptions, build_engines, manifest_engines
 from sslmedsam2.errors import EngineUnavailableError, SSLMedSAM2Error
 from sslmedsam2.io import read_volume, write_mask, write_text_atomic
-from sslmedsam2.manifest import verify_manifest
+from sslmedsam2.manifest import sole_sequence, verify_manifest
 from sslmedsam2.orientation import CANONICAL, reorient, segment_reoriented
 from sslmedsam2.postprocess import largest_component
 from sslmedsam2.runtime import configure_threads
@@ -149,12 +149,6 @@ def _run_all(settings: InferenceSettings) -> RunSummary:
     counts = summary.counts()
     log.info("done: %d ok, %d error(s), %d skipped", counts["ok"], counts["error"], counts["skipped"])
     return summary
-
-
-def sole_sequence(manifest: dict) -> str:
-    """The sequence of weights trained on one sequence only; GED4 otherwise (CARE's)."""
-    sequences = list(manifest.get("models", {}))
-    return sequences[0] if len(sequences) == 1 else GED4
 
 
 def _run_job(job: Job, engines: list[Engine], settings: InferenceSettings, orientation: str,

@@ -24,7 +24,7 @@ from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.fewshot.checkpoint_file import check_archive
 from sslmedsam2.fewshot.checkpoints import checkpoint_files
 from sslmedsam2.fewshot.identity import CheckpointIdentity, identify_checkpoint
-from sslmedsam2.manifest import MANIFEST, verify_manifest
+from sslmedsam2.manifest import MANIFEST, sole_sequence, verify_manifest
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4
 from sslmedsam2.supports import Support, find_supports, support_sequence
 
@@ -88,10 +88,10 @@ def check_weights(root: Path, engines: tuple[str, ...] | None = None) -> Weights
     models, model_findings = _nnunet(root)
     supports, support_findings = _supports(root)
     report.findings += sam2_findings + model_findings + support_findings
-    for sequence in _sequences(root):
+    needed = sole_sequence(manifest)  # what process.py must segment: CARE's GED4, or a plain run's
+    for sequence in dict.fromkeys(_sequences(root) + [support_sequence(supports), needed]):
         served = _serving(sequence, engines, models.get(sequence, []), sam2, supports)
-        needed = sequence == GED4  # process.py segments GED4 in every case
-        ok = all("BROKEN" not in e for e in served) and (bool(served) or not needed)
+        ok = all("BROKEN" not in e for e in served) and (bool(served) or sequence != needed)
         report.services.append(Service(sequence, tuple(served) or ("not served",), ok))
     return report
 
@@ -187,7 +187,7 @@ def _json_problems(model: ModelFolder) -> list[str]:
 
 def _supports(root: Path) -> tuple[list[Support], list[Finding]]:
     """The few-shot supports (what sam2 and atlas segment from), headers read, not voxels."""
-    supports = find_supports(root / "supports")
+    supports = find_supports(root / "supports", sequence=None)
     findings = []
     for support in supports:
         problem = _support_problem(support)
@@ -195,7 +195,8 @@ def _supports(root: Path) -> tuple[list[Support], list[Finding]]:
             findings.append(Finding(_relative(support.image.parent, root), problem, ok=False))
     if supports:
         vendors = sorted({s.vendor or "?" for s in supports})
-        findings.append(Finding("supports", f"{len(supports)} labelled GED4 case(s), vendor(s) "
+        findings.append(Finding("supports", f"{len(supports)} labelled "
+                                            f"{support_sequence(supports)} case(s), vendor(s) "
                                             f"{', '.join(vendors)}"))
     return supports, findings
 

@@ -46,7 +46,7 @@ class AtlasEngine:
 
     def missing(self, sequence: str) -> str:
         return (f"support cases for the atlas engine at {self.origin or SUPPORTS_DIR}/<case>/"
-                "GED4.nii.gz with mask_GED4.nii.gz")
+                "<SEQ>.nii.gz with mask_<SEQ>.nii.gz")
 
     def load(self, sequence: str) -> None:
         for support in self.supports:

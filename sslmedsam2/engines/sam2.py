@@ -93,7 +93,7 @@ class Sam2Engine:
             except WeightsError as error:
                 log.error("%s", error)
                 broken = error
-        return cls(find_supports(Path(weights_dir) / "supports"), checkpoint, options,
+        return cls(find_supports(Path(weights_dir) / "supports", sequence=None), checkpoint, options,
                    weights_dir=Path(weights_dir), broken=broken)
 
     def can_segment(self, sequence: str) -> bool:
@@ -103,7 +103,7 @@ class Sam2Engine:
         where = self.weights_dir or Path("<weights>")
         return (f"a SAM2 checkpoint in {where}/sam2/ (MedSAM2_latest.pt, sam2.1_hiera_*.pt or "
                 f"any SAM 2 / 2.1 file) and support cases in "
-                f"{where}/supports/<case>/GED4.nii.gz with mask_GED4.nii.gz")
+                f"{where}/supports/<case>/<SEQ>.nii.gz with mask_<SEQ>.nii.gz")
 
     def load(self, sequence: str) -> None:
         if self.broken is not None:  # a fresh exception each time: tracebacks do not pile up
