@@ -1,6 +1,7 @@
 """The model-and-atlas average engine, scored on the folds ``bench_ssl_real.py`` trained.
 
-Per fold, ``AverageEngine`` is built from what the SSL arm exported (``ssl_L<n>/weights``: its final
+Per fold, ``AverageEngine`` is built from what an SSL arm exported (``<arm>_L<n>/weights``, e.g.
+``ssl_L1`` or ``ssl_share0.5_L1``: its final
 nnU-Net, and its labelled patients as atlas supports), exactly as ``process.py --engines average``
 builds it, and segments the fold's held-out patients. Prints per fold the held-out Dice and HD95 of
 the model alone, the atlas alone and their average (one pass: the two engines' own probabilities),
@@ -9,7 +10,8 @@ and writes the per-patient figures to --json (folds already in that file and not
 kept, so folds trained in different sessions end in one file). Trains nothing; about a minute per
 patient on 2 cores.
 
-    python benchmarks/bench_average.py --work /work/bench/seed1 --labels 1 [--only-folds 1 2] [--json FILE]
+    python benchmarks/bench_average.py --work /work/bench/seed1 --labels 1 [--arm ssl_share0.5]
+        [--only-folds 1 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ SEQUENCE = "T2SPIR"
 ARMS = ("model", "atlas", "average")
 
 
-def score_fold(fold: Path, labels: int) -> dict[str, dict[str, dict[str, float]]]:
+def score_fold(fold: Path, weights: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per held-out patient and arm: Dice, HD95 and seconds."""
-    engine = AverageEngine.from_weights(fold / f"ssl_L{labels}" / "weights", RuntimeOptions(device="cpu"))
+    engine = AverageEngine.from_weights(weights, RuntimeOptions(device="cpu"))
     engine.load(SEQUENCE)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for image_path in sorted((fold / "holdout").glob("*_image.nii.gz")):
@@ -70,13 +72,14 @@ def control_dice(fold: Path, labels: int) -> float | None:
 
 def main() -> int:
     args = parse_args()
-    folds = sorted(f for f in args.work.glob("fold*") if (f / f"ssl_L{args.labels}" / "weights").is_dir()
+    weights = f"{args.arm}_L{args.labels}/weights"
+    folds = sorted(f for f in args.work.glob("fold*") if (f / weights).is_dir()
                    and (args.only_folds is None or int(f.name.removeprefix("fold")) in args.only_folds))
     if not folds:
-        raise SystemExit(f"{args.work}: no fold*/ssl_L{args.labels}/weights (run bench_ssl_real.py first)")
+        raise SystemExit(f"{args.work}: no fold*/{weights} (run bench_ssl_real.py first)")
     report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     for fold in folds:
-        cases = score_fold(fold, args.labels)
+        cases = score_fold(fold, fold / weights)
         means = {arm: statistics.mean(c[arm]["dice"] for c in cases.values()) for arm in ARMS}
         report[fold.name] = {"cases": cases, "mean_dice": means,
                              "labelled_only": control_dice(fold, args.labels)}
@@ -96,7 +99,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="bench_ssl_real.py's --work folder")
-    parser.add_argument("--labels", type=int, default=1, help="which arm: ssl_L<labels> (default 1)")
+    parser.add_argument("--labels", type=int, default=1, help="which arm: <arm>_L<labels> (default 1)")
+    parser.add_argument("--arm", default="ssl",
+                        help="the SSL arm's folder prefix, e.g. ssl_share0.5 for bench_ssl_real.py "
+                             "--labelled-share 0.5 (default: ssl)")
     parser.add_argument("--only-folds", type=int, nargs="+", default=None,
                         help="score these fold indices only (default: every trained fold)")
     parser.add_argument("--json", type=Path,
