@@ -26,6 +26,16 @@ class Support:
     vendor: str | None = None
 
 
+#: Where a weights folder keeps its supports (an export holds one sequence for all of them).
+WEIGHTS_SUPPORTS_DIR = "supports"
+
+
+def weights_supports(weights_dir: Path) -> list[Support]:
+    """The supports of a weights folder, whatever their sequence: every engine and the weights
+    check read them here, so they cannot disagree on what a folder serves."""
+    return find_supports(Path(weights_dir) / WEIGHTS_SUPPORTS_DIR, sequence=None)
+
+
 def support_sequence(supports: list[Support]) -> str:
     """The sequence an exported weights folder's supports hold (one for all of them; GED4 when
     there are none)."""

@@ -7,7 +7,7 @@ what is missing or broken. This check answers beforehand, from the files: the ma
 checksums, each SAM2 checkpoint by its content (``fewshot.identity``), each nnU-Net model
 folder's plans, dataset.json and fold checkpoints as containers, each support's headers.
 Conventions are the engines' own (``engines.nnunet.discover_models``, ``fewshot.checkpoints
-.checkpoint_files``, ``supports.find_supports``), so the check cannot disagree with them.
+.checkpoint_files``, ``supports.weights_supports``), so the check cannot disagree with them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sslmedsam2.fewshot.checkpoints import checkpoint_files
 from sslmedsam2.fewshot.identity import CheckpointIdentity, identify_checkpoint
 from sslmedsam2.manifest import MANIFEST, sole_sequence, verify_manifest
 from sslmedsam2.sequences import CARE_SEQUENCES, GED4
-from sslmedsam2.supports import Support, find_supports, support_sequence
+from sslmedsam2.supports import Support, support_sequence, weights_supports
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _json_problems(model: ModelFolder) -> list[str]:
 
 def _supports(root: Path) -> tuple[list[Support], list[Finding]]:
     """The few-shot supports (what sam2 and atlas segment from), headers read, not voxels."""
-    supports = find_supports(root / "supports", sequence=None)
+    supports = weights_supports(root)
     findings = []
     for support in supports:
         problem = _support_problem(support)

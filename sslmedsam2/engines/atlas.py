@@ -14,10 +14,8 @@ import SimpleITK as sitk
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.registration.label_propagation import AtlasConfig, propagate
 from sslmedsam2.sequences import GED4
-from sslmedsam2.supports import (Support, find_supports, load_support, same_vendor_first,
-                                 support_sequence)
-
-SUPPORTS_DIR = "supports"
+from sslmedsam2.supports import (WEIGHTS_SUPPORTS_DIR, Support, load_support, same_vendor_first,
+                                 support_sequence, weights_supports)
 
 
 class AtlasEngine:
@@ -37,15 +35,15 @@ class AtlasEngine:
 
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> "AtlasEngine":
-        folder = Path(weights_dir) / SUPPORTS_DIR
-        supports = find_supports(folder, sequence=None)
-        return cls(supports, origin=str(folder), support_sequence=support_sequence(supports))
+        supports = weights_supports(weights_dir)
+        return cls(supports, origin=str(Path(weights_dir) / WEIGHTS_SUPPORTS_DIR),
+                   support_sequence=support_sequence(supports))
 
     def can_segment(self, sequence: str) -> bool:
         return bool(self.supports)
 
     def missing(self, sequence: str) -> str:
-        return (f"support cases for the atlas engine at {self.origin or SUPPORTS_DIR}/<case>/"
+        return (f"support cases for the atlas engine at {self.origin or WEIGHTS_SUPPORTS_DIR}/<case>/"
                 "<SEQ>.nii.gz with mask_<SEQ>.nii.gz")
 
     def load(self, sequence: str) -> None:

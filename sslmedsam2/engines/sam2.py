@@ -31,7 +31,7 @@ from sslmedsam2.fewshot.costs import measure_costs, query_slices
 from sslmedsam2.fewshot.tffs import TFFSConfig, TFFSSegmenter
 from sslmedsam2.orientation import reorient
 from sslmedsam2.runtime import device_precision, resolve_device
-from sslmedsam2.supports import Support, find_supports, load_support, same_vendor_first
+from sslmedsam2.supports import Support, load_support, same_vendor_first, weights_supports
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Sam2Engine:
             except WeightsError as error:
                 log.error("%s", error)
                 broken = error
-        return cls(find_supports(Path(weights_dir) / "supports", sequence=None), checkpoint, options,
+        return cls(weights_supports(weights_dir), checkpoint, options,
                    weights_dir=Path(weights_dir), broken=broken)
 
     def can_segment(self, sequence: str) -> bool:

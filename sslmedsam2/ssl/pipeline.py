@@ -39,7 +39,7 @@ from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.export_choice import read_choice
 from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, loop_summary
-from sslmedsam2.supports import Support
+from sslmedsam2.supports import WEIGHTS_SUPPORTS_DIR, Support
 from sslmedsam2.training.supervised import export_model
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
                               "export": final.export,
                               "folds": final.folds, "trained_on": final.trained_on,
                               "rounds": [r.step for r in records if r.sequence == sequence]}
-    copy_supports(run.supports, staging / "supports", run.labelled_sequence)
+    copy_supports(run.supports, staging / WEIGHTS_SUPPORTS_DIR, run.labelled_sequence)
     engines = served_engines(run)
     write_manifest(staging, {
         "sslmedsam2": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
