@@ -106,7 +106,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--labelled-share", type=float, default=0.0,
                         help="SSL arms (named '... share S', own run folders) repeat the labelled "
                              "patients to make about this share of each training set "
-                             "(pseudo_labels.labelled_share; default 0: each once)")
+                             "(pseudo_labels.labelled_share; default here 0, each once: the plain "
+                             "loop of attempts 1-8, whose run folders and JSON keep their names; "
+                             "the loop's own default is 0.5)")
     parser.add_argument("--skip-fully-supervised", action="store_true",
                         help="leave the fully supervised arm out (e.g. already measured: its "
                              "training is seeded and gives the same model again)")
