@@ -74,7 +74,8 @@ class PseudoLabelConfig:
     as often as all pseudo labels together: with one label on real patients, over six folds of
     two splits, the served average beats labelled-only by +0.035 Dice on the mean against +0.026
     with 0, and its worst fold is -0.002 against -0.027 (benchmarks/RESULTS.md, attempts 9 and
-    10). Not measured with three labels or more; the paper's and the demo's configs set 0.
+    10); with three labels one fold only, where it did not cost (+0.008). The paper's and the
+    demo's configs set 0.
     """
 
     engine: str = "atlas"
