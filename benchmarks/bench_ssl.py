@@ -73,7 +73,9 @@ def arm(name: str, train: Path, engine: str, args: argparse.Namespace, data_root
                           **({"ignore_uncertainty_above": args.ignore} if args.ignore else {})},
         "intermediate": schedule,
         "final": schedule,
-        "loop": {"max_rounds": max_rounds, "convergence_dice": args.convergence, "seed": args.seed},
+        # the model alone, as its figures have always been (no atlas average served or scored)
+        "loop": {"max_rounds": max_rounds, "convergence_dice": args.convergence, "seed": args.seed,
+                 "serve_average": False},
     }
     result = run_ssl(build_config(raw, Path.cwd()), args.work / name, progress=False)
     return result.records, sum(r.seconds for r in result.records)

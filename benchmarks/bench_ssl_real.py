@@ -17,6 +17,9 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
   labelled patients are repeated to make about S of each SSL training set;
 * fully supervised: nnU-Net on every training patient with its true mask.
 
+Each arm's exported weights are also scored as ``process.py`` serves them (step "served": the
+model averaged with the atlas on the arm's labelled patients, ``loop.serve_average``).
+
 Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the raw figures to
 --json. Run it again with the same --work to resume.
 
@@ -41,7 +44,7 @@ import numpy as np
 
 from sslmedsam2.datasets import read_collection, require_clean
 from sslmedsam2.ssl.config import build_config
-from sslmedsam2.ssl.loop import StepRecord
+from sslmedsam2.ssl.loop import SERVED, StepRecord
 from sslmedsam2.ssl.pipeline import run_ssl
 from sslmedsam2.supports import Support
 
@@ -223,7 +226,7 @@ def arm_rows(fold: int, arm_name: str, labels: int, run_dir: Path, train: Path, 
 
 
 def result_row(fold: int, arm_name: str, labels: int, record: StepRecord, run_dir: Path) -> dict:
-    step = record.step if arm_name.startswith("SSL") else "final"
+    step = record.step if arm_name.startswith("SSL") or record.step == SERVED else "final"
     return {"fold": fold, "arm": arm_name, "labels": labels, "step": step,
             "based_on": record.based_on, "train": f"{record.labelled}+{record.pseudo_kept}",
             "dice": record.holdout_dice_mean, "hd95_mm": record.holdout_hd95_mean,

@@ -174,7 +174,9 @@ def test_ssl_loop_runs_on_a_plain_collection_and_serves_plain_inputs(plain_colle
            "loop": {"max_rounds": 1, "device": "cpu", "choose_export": False}}
     result = run_ssl(build_config(raw, tmp_path), tmp_path / "run", progress=False)
     steps = [(r.sequence, r.step, r.labelled) for r in result.records]
-    assert steps == [("T2", "round_00", 2), ("T2", "round_01", 2), ("T2", "final", 2)]
+    # served: the held-out case as process.py serves the weights, averaged with the T2 atlas
+    assert steps == [("T2", "round_00", 2), ("T2", "round_01", 2), ("T2", "final", 2),
+                     ("T2", "served", 2)]
     assert all(r.holdout_cases == 1 for r in result.records)
     weights = result.weights_dir
     assert (weights / "nnunet" / "T2").is_dir()

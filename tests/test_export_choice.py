@@ -60,7 +60,11 @@ def test_choice_is_measured_on_left_out_labelled_cases_and_followed(dataset, tmp
     assert choice.exported == better
     manifest = json.loads((result.weights_dir / MANIFEST).read_text())
     assert manifest["models"]["GED4"]["export"] == better
-    assert result.records[-1].step == ("final_labelled_only" if better == LABELLED_ONLY else "final")
+    exported, served = result.records[-2:]
+    assert exported.step == ("final_labelled_only" if better == LABELLED_ONLY else "final")
+    # the held-out case scored as process.py serves the exported model (averaged with the atlas)
+    assert (served.step, served.engine, served.based_on) == ("served", "average", exported.step)
+    assert served.holdout_cases == 1
 
 
 def test_a_recorded_labelled_only_choice_exports_the_labelled_only_model(dataset, tmp_path):
@@ -72,10 +76,11 @@ def test_a_recorded_labelled_only_choice_exports_the_labelled_only_model(dataset
                                              "reason": "recorded"}))
     result = run_ssl(_config(dataset, tmp_path), tmp_path / "run", progress=False)
     labelled = sorted(c.case_id for c in dataset.split("train") if c.labelled)
-    last = result.records[-1]
+    last, served = result.records[-2:]
     assert (last.step, last.export, sorted(last.trained_on)) == ("final_labelled_only",
                                                                   LABELLED_ONLY, labelled)
     assert last.holdout_cases == 1
+    assert (served.step, served.based_on, served.holdout_cases) == ("served", "final_labelled_only", 1)
     manifest = json.loads((result.weights_dir / MANIFEST).read_text())
     assert sorted(manifest["models"]["GED4"]["trained_on"]) == labelled
     report = json.loads((result.report_dir / "export_choice.json").read_text())

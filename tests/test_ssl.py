@@ -25,6 +25,7 @@ from sslmedsam2.io import same_grid
 from sslmedsam2.manifest import MANIFEST
 from sslmedsam2.runtime import CACHE_VARIABLES
 from sslmedsam2.ssl.config import TEMPLATE, DataConfig, ScheduleConfig, SSLConfig, build_config
+from sslmedsam2.ssl.loop import mask_dice
 from sslmedsam2.ssl.pipeline import run_ssl
 
 TINY = {"profile": "tiny-test", "folds": ["all"]}
@@ -43,8 +44,9 @@ def raw_config(dataset, **sections) -> dict:
                     "holdout_labels": str(dataset.ground_truth_dir / "test")},
            "pseudo_labels": {"engine": "atlas"},
            "intermediate": dict(TINY), "final": dict(TINY),
-           # the export choice (its own tests: test_export_choice.py) would add trainings here
-           "loop": {"max_rounds": 1, "device": "cpu", "choose_export": False}}
+           # the export choice (its own tests: test_export_choice.py) would add trainings here,
+           # the served average (scored in ssl_run) a prediction and a registration per case
+           "loop": {"max_rounds": 1, "device": "cpu", "choose_export": False, "serve_average": False}}
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return raw
@@ -53,10 +55,10 @@ def raw_config(dataset, **sections) -> dict:
 @pytest.fixture(scope="module")
 def ssl_run(ssl_data, tmp_path_factory):
     """GED4 + T1, one nnU-Net round, uncertain voxels ignored, a final model on its own schedule
-    with a 2d companion."""
+    with a 2d companion, served averaged with the atlas."""
     raw = raw_config(ssl_data, data={"sequences": ["GED4", "T1"]},
                      pseudo_labels={"ignore_uncertainty_above": 0.5, "max_components": 0},
-                     final={"epochs": 3, "extra_configurations": ["2d"]})
+                     final={"epochs": 3, "extra_configurations": ["2d"]}, loop={"serve_average": True})
     run_dir = tmp_path_factory.mktemp("ssl-run")
     return run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False), run_dir
 
@@ -127,7 +129,8 @@ def test_loop_runs_rounds_and_reports(ssl_run):
     steps = [(r.sequence, r.step, r.engine) for r in result.records]
     assert steps == [("GED4", "round_00", "atlas"), ("GED4", "round_01", "nnunet"),
                      ("GED4", "final", "nnunet"), ("T1", "round_00", "atlas"),
-                     ("T1", "round_01", "nnunet"), ("T1", "final", "nnunet")]
+                     ("T1", "round_01", "nnunet"), ("T1", "final", "nnunet"),
+                     ("GED4", "served", "average")]
     by_step = {(r.sequence, r.step): r for r in result.records}
     ged4 = by_step["GED4", "round_01"]
     assert (ged4.labelled, ged4.pseudo_kept) == (3, 3)
@@ -141,7 +144,7 @@ def test_loop_runs_rounds_and_reports(ssl_run):
     assert len(list((run_dir / "GED4" / "round_01" / "labelled_fit").glob("*/GED4.nii.gz"))) == 3
     rows = (result.report_dir / "rounds.csv").read_text().splitlines()
     assert rows[0].startswith("sequence,step,engine") and "labelled_dice_mean" in rows[0]
-    assert len(rows) == 7
+    assert len(rows) == 8
     assert len(list(result.report_dir.glob("montage_GED4_*.png"))) == 2
     assert (run_dir / "config.json").is_file() and (run_dir / "provenance.json").is_file()
     for sequence in ("GED4", "T1"):
@@ -169,7 +172,7 @@ def test_uncertain_voxels_become_the_ignore_label(ssl_run):
 
 
 def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
-    result, _ = ssl_run
+    result, run_dir = ssl_run
     manifest = json.loads((result.weights_dir / MANIFEST).read_text())
     assert set(manifest["models"]) == {"GED4", "T1"}
     assert "0004-A" in manifest["models"]["GED4"]["trained_on"]
@@ -191,6 +194,13 @@ def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
     for record in records:
         image = sitk.ReadImage(record["input"])
         assert same_grid(sitk.ReadImage(record["output"]), image)
+    # the run scored its held-out cases as process.py serves them: the same masks (the atlas's
+    # SyN threads may move a border voxel between two registrations of one pair)
+    served = result.records[-1]
+    assert (served.step, served.based_on, served.holdout_cases) == ("served", "final", 2)
+    for record in (r for r in records if r["sequence"] == "GED4"):
+        scored = run_dir / "GED4" / "served" / "holdout" / record["case"] / "GED4.nii.gz"
+        assert mask_dice(scored, Path(record["output"])) > 0.99
 
 
 @pytest.mark.parametrize("tamper, problem", [
@@ -219,7 +229,8 @@ def test_process_refuses_weights_that_do_not_match_the_manifest(ssl_run, ssl_dat
 
 def test_rerun_with_another_config_is_refused(ssl_run, ssl_data):
     _, run_dir = ssl_run
-    raw = raw_config(ssl_data, data={"sequences": ["GED4", "T1"]}, loop={"max_rounds": 2})
+    raw = raw_config(ssl_data, data={"sequences": ["GED4", "T1"]},
+                     loop={"max_rounds": 2, "serve_average": True})
     with pytest.raises(UsageError, match="loop.max_rounds"):
         run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False)
 

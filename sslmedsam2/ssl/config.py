@@ -153,7 +153,8 @@ class LoopConfig:
     with the atlas over the exported supports (``engines.average``; the manifest's ``engines``),
     for the supports' sequence. On real patients with one label this beat the model alone on
     Dice in four folds of six and on HD95 in five (``benchmarks/RESULTS.md``, attempt 8); it
-    costs a registration per case. Off: the model alone, as in the paper.
+    costs a registration per case. With a held-out split the run scores it too (the report's
+    ``served`` row). Off: the model alone, as in the paper.
     """
 
     max_rounds: int = 3

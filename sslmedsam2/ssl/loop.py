@@ -14,6 +14,8 @@ Per sequence, under ``<run>/<SEQ>/``:
   below an earlier round's (``keep_best_round``).
 * ``final``: the deployed model (``final`` schedule) on the chosen round's pseudo labels (the
   last, or the best before drift), or that round's model when both schedules are the same.
+* ``served`` (with a held-out split and ``serve_average``, after the export): the held-out cases
+  segmented as ``process.py`` serves the exported weights, the model averaged with the atlas.
 
 Every step ends by writing a small JSON record atomically; a step with its record is finished and
 is never redone, so a killed run continues where it stopped when the same command is run again.
@@ -37,6 +39,7 @@ import SimpleITK as sitk
 
 from sslmedsam2.datasets import detect_layout, read_collection, require_clean
 from sslmedsam2.engines.agreement import AgreementEngine
+from sslmedsam2.engines.average import AverageEngine
 from sslmedsam2.engines.base import Engine, RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import SSLMedSAM2Error
@@ -57,6 +60,8 @@ from sslmedsam2.training.supervised import TrainingProfile, check_folds, fit_nnu
 log = logging.getLogger(__name__)
 
 RECORD = "step.json"
+#: the step that scores the exported weights as process.py serves them
+SERVED = "served"
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,26 @@ class SemiSupervisedRun:
             return records, model
         fallback, model = self._labelled_only(cases)
         return records + [fallback], model
+
+    def score_served(self, sequence: str, weights_dir: Path, exported: StepRecord) -> StepRecord | None:
+        """The held-out split as ``process.py`` serves it from ``weights_dir``: the exported model
+        averaged with the atlas (``loop.serve_average``). The rounds score the model alone; this
+        is the figure a user of the weights gets. None without a held-out split."""
+        cases = gather_cases(self.config, sequence)
+        folder = self.step_dir(sequence, SERVED)
+        done = read_record(folder)
+        if done or not cases.holdout:
+            return done
+        started = time.perf_counter()
+        record = StepRecord(sequence=sequence, step=SERVED, seconds=0.0, engine=AverageEngine.name,
+                            labelled=exported.labelled, based_on=exported.step)
+        log.info("%s: the exported %s model averaged with the atlas, as process.py serves it, on "
+                 "%d held-out case(s)", sequence, exported.step, len(cases.holdout))
+        served = partial(AverageEngine.from_weights, weights_dir,
+                         RuntimeOptions(device=self.config.loop.device))
+        self._score_holdout(served, cases, folder, record)
+        record.seconds = round(time.perf_counter() - started, 1)
+        return write_record(folder, record)
 
     def _converged(self, record: StepRecord) -> bool:
         change = record.change_dice_mean

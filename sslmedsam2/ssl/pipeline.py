@@ -38,7 +38,7 @@ from sslmedsam2.orientation import CANONICAL
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.export_choice import read_choice
-from sslmedsam2.ssl.loop import SemiSupervisedRun, StepRecord, loop_summary
+from sslmedsam2.ssl.loop import SERVED, SemiSupervisedRun, StepRecord, loop_summary
 from sslmedsam2.supports import WEIGHTS_SUPPORTS_DIR, Support
 from sslmedsam2.training.supervised import export_model
 
@@ -67,8 +67,9 @@ def run_ssl(config: SSLConfig, run_dir: Path, weights_dir: Path | None = None,
         sequence_records, model = run.run_sequence(sequence)
         records += sequence_records
         models[sequence] = (model, sequence_records[-1])
-    report_dir = write_report(run, records)
     weights = export_weights(run, models, records, Path(weights_dir or run_dir / "weights"))
+    records += served_scores(run, models, weights)
+    report_dir = write_report(run, records)
     log.info("semi-supervised run finished in %.0f s: weights in %s, report in %s",
              time.perf_counter() - started, weights, report_dir)
     return RunResult(records, weights, report_dir)
@@ -219,6 +220,17 @@ def served_engines(run: SemiSupervisedRun) -> tuple[str, ...]:
     return AVERAGED_ENGINES if run.config.loop.serve_average and run.supports else DEFAULT_ENGINES
 
 
+def served_scores(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRecord]],
+                  weights: Path) -> list[StepRecord]:
+    """The held-out split scored as the exported weights are served, where that is more than the
+    model alone: the supports' sequence, averaged with the atlas."""
+    sequence = run.labelled_sequence
+    if served_engines(run) != AVERAGED_ENGINES or sequence not in models:
+        return []
+    record = run.score_served(sequence, weights, models[sequence][1])
+    return [record] if record else []
+
+
 def copy_supports(supports: list[Support], target: Path, sequence: str) -> None:
     """Labelled cases as ``supports/Vendor_X/<case>/<SEQ>`` + ``mask_<SEQ>`` whatever their
     names in the collection: the container's few-shot fallback for sequences without a model,
@@ -244,7 +256,7 @@ def run_summary_table(records: list[StepRecord]) -> str:
 
 def _step_label(record: StepRecord, records: list[StepRecord]) -> str:
     label = record.step if not record.based_on else f"{record.step} ({record.based_on})"
-    last = [r for r in records if r.sequence == record.sequence][-1]
+    last = [r for r in records if r.sequence == record.sequence and r.step != SERVED][-1]
     return f"{label} *" if record is last else label
 
 
