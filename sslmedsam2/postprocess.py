@@ -22,6 +22,24 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return kept
 
 
+def component_most_like(mask: np.ndarray, guide: np.ndarray) -> np.ndarray:
+    """Keep the 26-connected component of ``mask`` that overlaps ``guide`` most (the largest
+    where none does): another engine's mask says which object is the liver where a bigger false
+    positive would win on size alone."""
+    foreground = np.asarray(mask) > 0
+    if not foreground.any():
+        return np.zeros(foreground.shape, np.uint8)
+    box = ndimage.find_objects(foreground.astype(np.uint8))[0]  # label only where the mask is
+    labels, count = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
+    overlap = np.bincount(labels[np.asarray(guide)[box] > 0], minlength=count + 1)
+    overlap[0] = 0
+    if count < 2 or not overlap.any():
+        return largest_component(foreground)
+    kept = np.zeros(foreground.shape, np.uint8)
+    kept[box] = labels == int(np.argmax(overlap))
+    return kept
+
+
 def binary_entropy(probability: np.ndarray) -> np.ndarray:
     """Per-voxel uncertainty of a fused foreground probability: Bernoulli entropy in bits, 0 where
     every vote agrees, 1 at 50/50. Shared by every few-shot engine so thresholds mean the same."""

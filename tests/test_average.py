@@ -20,7 +20,7 @@ from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.errors import EngineUnavailableError
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.orientation import segment_in_orientation
-from sslmedsam2.postprocess import binary_entropy, largest_component
+from sslmedsam2.postprocess import binary_entropy, component_most_like, largest_component
 from sslmedsam2.supports import find_supports
 
 
@@ -47,8 +47,24 @@ def test_each_probability_takes_the_side_of_its_engines_organ():
     """Voxels the clean-up moved across the mask's edge keep their confidence, not their side."""
     probability = np.array([[[0.9, 0.2, 0.7, 0.0, 0.95]]], np.float32)
     mask = np.array([[[1, 1, 0, 0, 1]]], np.uint8)  # the last voxel: an island, dropped
-    side = on_the_mask_side(_seg(probability, mask))
+    side = on_the_mask_side(_seg(probability, mask), other=mask)
     np.testing.assert_allclose(side, [[[0.9, 0.8, 0.3, 0.0, 0.05]]], atol=1e-6)
+
+
+def test_the_organ_is_the_component_the_other_engine_finds_not_the_largest():
+    """A model that finds the liver and a bigger false object elsewhere (a real patient of
+    benchmarks/RESULTS.md, attempt 11): the atlas's mask says which one is the liver, and the
+    false object, outside both organs, is dropped from the average."""
+    model, atlas = np.zeros((6, 12, 12), np.float32), np.zeros((6, 12, 12), np.float32)
+    model[1:4, 1:4, 1:4] = 0.9    # the liver: 27 voxels
+    model[1:5, 7:11, 7:11] = 0.95  # a false object: 64 voxels
+    atlas[1:4, 1:5, 1:5] = 0.8     # the atlas finds the liver only
+    fused = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5))
+    assert fused.mask[1:4, 1:4, 1:4].all() and not fused.mask[:, 6:, 6:].any()
+    # with no overlap at all, the largest component is the organ, as before
+    lone = np.zeros(model.shape, np.uint8)
+    lone[5, 0, 11] = 1
+    np.testing.assert_array_equal(component_most_like(model > 0.5, lone), largest_component(model > 0.5))
 
 
 def test_a_mask_without_probability_cannot_be_averaged():

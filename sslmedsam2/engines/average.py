@@ -22,7 +22,7 @@ from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.engines.pair import EnginePair
 from sslmedsam2.errors import EngineUnavailableError
 from sslmedsam2.evaluation.metrics import dice
-from sslmedsam2.postprocess import binary_entropy, largest_component
+from sslmedsam2.postprocess import binary_entropy, component_most_like, largest_component
 
 
 class AverageEngine(EnginePair):
@@ -67,7 +67,7 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5) -> Segment
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
-    mean = (on_the_mask_side(a) + on_the_mask_side(b)) / 2
+    mean = (on_the_mask_side(a, b.mask) + on_the_mask_side(b, a.mask)) / 2
     mask = largest_component(mean >= threshold)
     alike = dice(a.mask > 0, b.mask > 0)
     detail = f"average of {a.detail} and {b.detail} (masks {alike:.0%} alike by Dice)"
@@ -75,11 +75,13 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5) -> Segment
                         precision=a.precision, probability=mean)
 
 
-def on_the_mask_side(segmentation: Segmentation) -> np.ndarray:
-    """The probability with its side taken from the engine's organ (the largest component of its
-    mask): an island the model is sure of, or a strand the atlas's opening cut, counts as sure
-    background, so the average never revives what either engine's clean-up removed. The distance
-    from one half, the engine's confidence, is kept."""
-    organ = largest_component(segmentation.mask) > 0
+def on_the_mask_side(segmentation: Segmentation, other: np.ndarray) -> np.ndarray:
+    """The probability with its side taken from the engine's organ: an island the model is sure
+    of, or a strand the atlas's opening cut, counts as sure background, so the average never
+    revives what either engine's clean-up removed. The distance from one half, the engine's
+    confidence, is kept. The organ is the component of the engine's mask that the ``other``
+    engine's mask overlaps most (the largest where none does): a model that finds the liver and
+    a bigger false object elsewhere keeps the liver (benchmarks/RESULTS.md, attempt 11)."""
+    organ = component_most_like(segmentation.mask, other) > 0
     distance = np.abs(np.asarray(segmentation.probability, np.float32) - 0.5)
     return np.where(organ, 0.5 + distance, 0.5 - distance).astype(np.float32)
