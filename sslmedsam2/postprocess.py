@@ -14,8 +14,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     kept = np.zeros(foreground.shape, np.uint8)
     if not foreground.any():
         return kept
-    box = ndimage.find_objects(foreground.astype(np.uint8))[0]  # label only where the mask is
-    labels, _ = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
+    box, labels, _ = _components(foreground)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     kept[box] = np.isin(labels, np.flatnonzero(sizes == sizes.max()))
@@ -29,8 +28,7 @@ def component_most_like(mask: np.ndarray, guide: np.ndarray) -> np.ndarray:
     foreground = np.asarray(mask) > 0
     if not foreground.any():
         return np.zeros(foreground.shape, np.uint8)
-    box = ndimage.find_objects(foreground.astype(np.uint8))[0]  # label only where the mask is
-    labels, count = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
+    box, labels, count = _components(foreground)
     overlap = np.bincount(labels[np.asarray(guide)[box] > 0], minlength=count + 1)
     overlap[0] = 0
     if count < 2 or not overlap.any():
@@ -38,6 +36,13 @@ def component_most_like(mask: np.ndarray, guide: np.ndarray) -> np.ndarray:
     kept = np.zeros(foreground.shape, np.uint8)
     kept[box] = labels == int(np.argmax(overlap))
     return kept
+
+
+def _components(foreground: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, int]:
+    """26-connected components of a non-empty mask, labelled only inside its bounding box."""
+    box = ndimage.find_objects(foreground.astype(np.uint8))[0]
+    labels, count = ndimage.label(foreground[box], structure=np.ones((3, 3, 3), bool))
+    return box, labels, count
 
 
 def binary_entropy(probability: np.ndarray) -> np.ndarray:
