@@ -22,10 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.engines.average import AverageEngine, average
-from sslmedsam2.engines.base import RuntimeOptions
+from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import read_volume
 from sslmedsam2.orientation import segment_in_orientation
@@ -35,8 +36,10 @@ SEQUENCE = "T2SPIR"
 ARMS = ("model", "atlas", "average")
 
 
-def score_fold(fold: Path, weights: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """Per held-out patient and arm: Dice, HD95 and seconds."""
+def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Per held-out patient and arm: Dice, HD95 and seconds. With ``keep``, each patient's two
+    probabilities, masks and manual mask are saved there (``<fold>_<case>.npz``), so other ways
+    of combining the engines can be scored without segmenting again (``bench_average_rules.py``)."""
     engine = AverageEngine.from_weights(weights, RuntimeOptions(device="cpu"))
     engine.load(SEQUENCE)
     scores: dict[str, dict[str, dict[str, float]]] = {}
@@ -54,6 +57,8 @@ def score_fold(fold: Path, weights: Path) -> dict[str, dict[str, dict[str, float
         # largest components, as the loop's held-out predictions and process.py keep them
         masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask),
                  "average": average(model, atlas).mask}
+        if keep is not None:
+            save_engines(keep / f"{fold.name}_{case}.npz", model, atlas, truth, image.GetSpacing()[::-1])
         scores[case] = {}
         for arm, mask in masks.items():
             metrics = compute_metrics(mask > 0, truth, image.GetSpacing()[::-1])
@@ -62,6 +67,17 @@ def score_fold(fold: Path, weights: Path) -> dict[str, dict[str, dict[str, float
         print(f"  {fold.name} {case}: " + "  ".join(f"{a} {scores[case][a]['dice']:.3f}" for a in ARMS),
               flush=True)
     return scores
+
+
+def save_engines(path: Path, model: Segmentation, atlas: Segmentation, truth: np.ndarray,
+                 spacing: tuple[float, ...]) -> None:
+    """The two engines' outputs for one patient, compressed (probabilities as float16)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, model_probability=np.asarray(model.probability, np.float16),
+                        model_mask=model.mask.astype(np.uint8),
+                        atlas_probability=np.asarray(atlas.probability, np.float16),
+                        atlas_mask=atlas.mask.astype(np.uint8), truth=truth.astype(np.uint8),
+                        spacing=np.asarray(spacing, np.float64))
 
 
 def control_dice(fold: Path, labels: int) -> float | None:
@@ -79,7 +95,7 @@ def main() -> int:
         raise SystemExit(f"{args.work}: no fold*/{weights} (run bench_ssl_real.py first)")
     report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     for fold in folds:
-        cases = score_fold(fold, fold / weights)
+        cases = score_fold(fold, fold / weights, args.keep)
         means = {arm: statistics.mean(c[arm]["dice"] for c in cases.values()) for arm in ARMS}
         report[fold.name] = {"cases": cases, "mean_dice": means,
                              "labelled_only": control_dice(fold, args.labels)}
@@ -107,6 +123,9 @@ def parse_args() -> argparse.Namespace:
                         help="score these fold indices only (default: every trained fold)")
     parser.add_argument("--json", type=Path,
                         help="write the per-patient figures here (its other folds are kept)")
+    parser.add_argument("--keep", type=Path,
+                        help="save each patient's two probabilities and masks in this folder "
+                             "(for bench_average_rules.py)")
     return parser.parse_args()
 
 
