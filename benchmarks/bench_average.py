@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sslmedsam2.engines.average import AverageEngine, average
+from sslmedsam2.engines.average import AverageEngine
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import read_volume
@@ -56,7 +56,7 @@ def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str,
         seconds = {"model": middle - start, "atlas": end - middle, "average": end - start}
         # largest components, as the loop's held-out predictions and process.py keep them
         masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask),
-                 "average": average(model, atlas).mask}
+                 "average": engine.combine(model, atlas).mask}
         if keep is not None:
             save_engines(keep / f"{fold.name}_{case}.npz", model, atlas, truth, image.GetSpacing()[::-1])
         scores[case] = {}

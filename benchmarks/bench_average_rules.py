@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslmedsam2.engines.average import on_the_mask_side
+from sslmedsam2.engines.average import average, on_the_mask_side
 from sslmedsam2.engines.base import Segmentation
 from sslmedsam2.evaluation.metrics import dice
 from sslmedsam2.postprocess import component_most_like, largest_component
@@ -38,15 +38,9 @@ def weighted(atlas_weight: float) -> Rule:
 
 
 def gated(threshold: float) -> Rule:
-    """Today's average where the two organs agree (Dice >= threshold); the model's organ alone
-    where they do not, on the view that a registration that disagrees with a model trained on
-    every training patient is the one that failed."""
-    def rule(model: Segmentation, atlas: Segmentation) -> np.ndarray:
-        organ = component_most_like(model.mask, atlas.mask)
-        if dice(organ > 0, largest_component(atlas.mask) > 0) < threshold:
-            return organ
-        return weighted(0.5)(model, atlas)
-    return rule
+    """The average where the two organs agree (Dice >= threshold); the model's organ alone
+    where they do not (``average``'s ``model_alone_below``)."""
+    return lambda model, atlas: average(model, atlas, model_alone_below=threshold).mask
 
 
 RULES: dict[str, Rule] = {

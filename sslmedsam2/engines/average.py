@@ -5,9 +5,11 @@ round 0's labels still fail in different places: the model strays where its few 
 reached, the registration misses boundaries it cannot see. On the real-patient benchmark with one
 label the mean of their two liver probabilities, thresholded at one half, beat the model alone
 on Dice in four folds of six and on HD95 in five (``benchmarks/RESULTS.md``, attempt 8). It
-costs a registration per case on top of the model. An SSL run's weights ask for it
-(``loop.serve_average``, on by default; the manifest's ``engines``), and only for the supports'
-own sequence: another sequence's atlas is affine and was never measured averaged.
+costs a registration per case on top of the model. Where the two organs are far apart (Dice under
+``MODEL_ALONE_BELOW``) one engine failed outright, and on the benchmark the average then fell
+below the model alone: the model's organ is served alone there (attempt 12). An SSL run's weights
+ask for the average (``loop.serve_average``, on by default; the manifest's ``engines``), and only
+for the supports' own sequence: another sequence's atlas is affine and was never measured averaged.
 """
 
 from __future__ import annotations
@@ -24,17 +26,25 @@ from sslmedsam2.errors import EngineUnavailableError
 from sslmedsam2.evaluation.metrics import dice
 from sslmedsam2.postprocess import binary_entropy, component_most_like, largest_component
 
+#: below this Dice between the two organs the model is served alone: on real patients with one
+#: label, the average then fell below the model where a single support registered badly
+#: (benchmarks/RESULTS.md, attempt 12)
+MODEL_ALONE_BELOW = 0.7
+
 
 class AverageEngine(EnginePair):
     """A model (``first``) and an atlas (``second``) segment every volume; the mask is where their
-    mean probability reaches ``threshold`` (largest component). Each must return a probability."""
+    mean probability reaches ``threshold`` (largest component), or the model's organ alone where
+    the two organs are less alike than ``model_alone_below``. Each must return a probability."""
 
     name = "average"
 
     def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5,
-                 sequences: tuple[str, ...] | None = None) -> None:
+                 sequences: tuple[str, ...] | None = None,
+                 model_alone_below: float | None = MODEL_ALONE_BELOW) -> None:
         super().__init__(model, atlas)
         self.threshold = threshold
+        self.model_alone_below = model_alone_below
         #: the sequences averaged (None: any both engines serve)
         self.sequences = sequences
 
@@ -56,23 +66,31 @@ class AverageEngine(EnginePair):
         return super().missing(sequence)
 
     def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
-        return average(a, b, self.threshold)
+        return average(a, b, self.threshold, self.model_alone_below)
 
 
-def average(a: Segmentation, b: Segmentation, threshold: float = 0.5) -> Segmentation:
+def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
+            model_alone_below: float | None = None) -> Segmentation:
     """The largest component where the mean of two engines' liver probabilities reaches
     ``threshold``; its binary entropy is the uncertainty. Each probability first takes the side of
-    its engine's organ (``on_the_mask_side``)."""
+    its engine's organ (``on_the_mask_side``). Where the two organs are less alike by Dice than
+    ``model_alone_below``, ``a``'s organ is served alone: one of them failed, and the registration
+    of a single support is the likelier one."""
     for own in (a, b):
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
-    mean = (on_the_mask_side(a, b.mask) + on_the_mask_side(b, a.mask)) / 2
-    mask = largest_component(mean >= threshold)
-    alike = dice(a.mask > 0, b.mask > 0)
-    detail = f"average of {a.detail} and {b.detail} (masks {alike:.0%} alike by Dice)"
-    return Segmentation(mask, detail, binary_entropy(mean), device=a.device,
-                        precision=a.precision, probability=mean)
+    organs = component_most_like(a.mask, b.mask) > 0, component_most_like(b.mask, a.mask) > 0
+    alike = dice(*organs)
+    if model_alone_below is not None and alike < model_alone_below:
+        sided = _sided(a.probability, organs[0])
+        detail = (f"{a.detail} alone (its organ and {b.detail}'s {alike:.0%} alike by Dice, "
+                  f"under {model_alone_below:.0%})")
+    else:
+        sided = (_sided(a.probability, organs[0]) + _sided(b.probability, organs[1])) / 2
+        detail = f"average of {a.detail} and {b.detail} (organs {alike:.0%} alike by Dice)"
+    return Segmentation(largest_component(sided >= threshold), detail, binary_entropy(sided),
+                        device=a.device, precision=a.precision, probability=sided)
 
 
 def on_the_mask_side(segmentation: Segmentation, other: np.ndarray) -> np.ndarray:
@@ -82,6 +100,10 @@ def on_the_mask_side(segmentation: Segmentation, other: np.ndarray) -> np.ndarra
     confidence, is kept. The organ is the component of the engine's mask that the ``other``
     engine's mask overlaps most (the largest where none does): a model that finds the liver and
     a bigger false object elsewhere keeps the liver (benchmarks/RESULTS.md, attempt 11)."""
-    organ = component_most_like(segmentation.mask, other) > 0
-    distance = np.abs(np.asarray(segmentation.probability, np.float32) - 0.5)
+    return _sided(segmentation.probability, component_most_like(segmentation.mask, other) > 0)
+
+
+def _sided(probability: np.ndarray, organ: np.ndarray) -> np.ndarray:
+    """``probability``'s distance from one half, on the organ's side of it."""
+    distance = np.abs(np.asarray(probability, np.float32) - 0.5)
     return np.where(organ, 0.5 + distance, 0.5 - distance).astype(np.float32)
