@@ -74,8 +74,8 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
     """The largest component where the mean of two engines' liver probabilities reaches
     ``threshold``; its binary entropy is the uncertainty. Each probability first takes the side of
     its engine's organ (``on_the_mask_side``). Where the two organs are less alike by Dice than
-    ``model_alone_below``, ``a``'s organ is served alone: one of them failed, and the registration
-    of a single support is the likelier one."""
+    ``model_alone_below``, ``a``'s organ is served alone: one of them failed, and on the benchmark
+    the model alone then did at least as well as the average."""
     for own in (a, b):
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
