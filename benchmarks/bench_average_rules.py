@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslmedsam2.engines.average import average, on_the_mask_side
+from sslmedsam2.engines.average import average, on_the_mask_side, organs_alike
 from sslmedsam2.engines.base import Segmentation
 from sslmedsam2.evaluation.metrics import dice
 from sslmedsam2.postprocess import component_most_like, largest_component
@@ -53,12 +53,11 @@ RULES: dict[str, Rule] = {
 
 
 def load(path: Path) -> tuple[Segmentation, Segmentation, np.ndarray, float]:
-    """The saved engines, the manual mask and the two organs' agreement."""
+    """The saved engines, the manual mask and the two organs' agreement, as ``average`` gates on it."""
     saved = np.load(path)
     model, atlas = (Segmentation(saved[f"{e}_mask"], e, None, probability=saved[f"{e}_probability"]
                                  .astype(np.float32)) for e in ("model", "atlas"))
-    agreement = dice(component_most_like(model.mask, atlas.mask) > 0, largest_component(atlas.mask) > 0)
-    return model, atlas, saved["truth"] > 0, agreement
+    return model, atlas, saved["truth"] > 0, organs_alike(model.mask, atlas.mask)[1]
 
 
 def score(folders: list[Path]) -> dict[str, dict[str, dict[str, float]]]:

@@ -80,8 +80,7 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
-    organs = component_most_like(a.mask, b.mask) > 0, component_most_like(b.mask, a.mask) > 0
-    alike = dice(*organs)
+    organs, alike = organs_alike(a.mask, b.mask)
     if model_alone_below is not None and alike < model_alone_below:
         sided = _sided(a.probability, organs[0])
         detail = (f"{a.detail} alone (its organ and {b.detail}'s {alike:.0%} alike by Dice, "
@@ -91,6 +90,12 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
         detail = f"average of {a.detail} and {b.detail} (organs {alike:.0%} alike by Dice)"
     return Segmentation(largest_component(sided >= threshold), detail, binary_entropy(sided),
                         device=a.device, precision=a.precision, probability=sided)
+
+
+def organs_alike(a: np.ndarray, b: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """Each mask's organ (its component the other overlaps most) and the two organs' Dice."""
+    organs = component_most_like(a, b) > 0, component_most_like(b, a) > 0
+    return organs, dice(*organs)
 
 
 def on_the_mask_side(segmentation: Segmentation, other: np.ndarray) -> np.ndarray:
