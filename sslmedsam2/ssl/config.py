@@ -66,7 +66,9 @@ class PseudoLabelConfig:
     bit, so with ``ignore_uncertainty_above`` set those voxels are not trained on (see
     ``engines.agreement``). Whole cases are dropped when their pseudo label is empty, smaller than
     ``min_volume_ml``, or has more than ``max_components`` connected components of at least 1 ml
-    (None: no limit). ``labelled_share``: nnU-Net draws its training cases uniformly, so one
+    (None: no limit). ``largest_component``: a kept label keeps one component, the largest, or
+    where a round's model made it, the one that model's own training label overlaps most (a
+    bigger false object is not taught as the liver). ``labelled_share``: nnU-Net draws its training cases uniformly, so one
     manual mask among nine pseudo labels teaches a tenth of the time; above 0 the labelled
     cases are repeated in the training set until they make about this share of it (0: each
     once, as in the paper; with cross-validation folds a copy may sit in a fold's validation
@@ -352,7 +354,8 @@ labelled_share = 0.5              # labelled cases repeated to make about this s
                                   # training set with pseudo labels (0: each once, the paper)
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller
 max_components = 3                # drop cases with more components (>= 1 ml) than this
-largest_component = true          # keep only the largest component of kept pseudo labels
+largest_component = true          # keep one component of kept pseudo labels: the largest, or in
+                                  # rounds >= 2 the one the model's own training label overlaps most
 
 [intermediate]                    # rounds 1..N
 profile = "cpu-quick"             # cpu-quick | tiny-test | paper (see training.PROFILES)

@@ -4,6 +4,9 @@ Pseudo labels are judged before they teach anything: an empty, tiny or fragmente
 likely a failure of the labeller than a small liver, so the whole case is left out (and the report
 says why). Kept labels may lose their uncertain voxels to nnU-Net's ``ignore`` label, which then
 contributes no loss: the network is not trained towards what the labeller was unsure of.
+A model's prediction keeps its liver, not its largest object: the component that the label the
+model itself was trained on overlaps most (a bigger false object would otherwise be taught to
+the next round as the liver, as a one-label model did on a real patient).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.io import write_image_atomic
-from sslmedsam2.postprocess import largest_component
+from sslmedsam2.postprocess import component_most_like, largest_component
 from sslmedsam2.ssl.config import PseudoLabelConfig
 from sslmedsam2.supports import Support
 from sslmedsam2.training.supervised import IGNORE_LABEL
@@ -59,13 +62,14 @@ def judge(mask: sitk.Image, config: PseudoLabelConfig, case: str) -> Verdict:
     return Verdict(case, True, "ok", volume_ml, components)
 
 
-def training_label(mask: sitk.Image, uncertainty: sitk.Image | None,
-                   config: PseudoLabelConfig) -> tuple[sitk.Image, float]:
+def training_label(mask: sitk.Image, uncertainty: sitk.Image | None, config: PseudoLabelConfig,
+                   guide: sitk.Image | None = None) -> tuple[sitk.Image, float]:
     """The label nnU-Net trains on (0/1, and ``IGNORE_LABEL`` on uncertain voxels) and the
-    fraction of voxels ignored."""
+    fraction of voxels ignored. With ``config.largest_component`` one component is kept: the one
+    ``guide`` overlaps most (the largest where there is no guide or it overlaps none)."""
     array = sitk.GetArrayFromImage(mask) > 0
     if config.largest_component:
-        array = largest_component(array)
+        array = organ_of(array, guide)
     label = array.astype(np.uint8)
     ignored = 0.0
     if config.ignore_uncertainty_above is not None and uncertainty is not None:
@@ -77,10 +81,20 @@ def training_label(mask: sitk.Image, uncertainty: sitk.Image | None,
     return out, ignored
 
 
-def pseudo_labelled_cases(queries: list[Support], out_dir: Path,
-                          config: PseudoLabelConfig) -> tuple[list[Support], list[Verdict]]:
+def organ_of(array: np.ndarray, guide: sitk.Image | None) -> np.ndarray:
+    """The component of ``array`` most like ``guide`` (on the same grid), else the largest."""
+    if guide is None or guide.GetSize()[::-1] != array.shape:
+        return largest_component(array) > 0
+    guide_array = sitk.GetArrayViewFromImage(guide)
+    return component_most_like(array, (guide_array > 0) & (guide_array != IGNORE_LABEL)) > 0
+
+
+def pseudo_labelled_cases(queries: list[Support], out_dir: Path, config: PseudoLabelConfig,
+                          guide_dir: Path | None = None) -> tuple[list[Support], list[Verdict]]:
     """Judge each query's pseudo label (``Support.mask``, uncertainty beside it) and write the
-    kept ones as training labels under ``out_dir``; returns the kept cases and every verdict."""
+    kept ones as training labels under ``out_dir``; returns the kept cases and every verdict.
+    ``guide_dir`` holds the training labels of the model that predicted them, if one did
+    (``<case>.nii.gz``): each label keeps the component its own earlier label overlaps most."""
     kept, verdicts = [], []
     for query in queries:
         mask = sitk.ReadImage(str(query.mask))
@@ -89,7 +103,9 @@ def pseudo_labelled_cases(queries: list[Support], out_dir: Path,
             uncertainty_path = uncertainty_path_of(query.mask)
             uncertainty = (sitk.ReadImage(str(uncertainty_path))
                            if uncertainty_path.is_file() else None)
-            label, ignored = training_label(mask, uncertainty, config)
+            guide_path = guide_dir / f"{query.case}.nii.gz" if guide_dir is not None else None
+            guide = sitk.ReadImage(str(guide_path)) if guide_path and guide_path.is_file() else None
+            label, ignored = training_label(mask, uncertainty, config, guide)
             target = write_image_atomic(label, out_dir / f"{query.case}.nii.gz")
             verdict = Verdict(**{**verdict.__dict__, "ignored_fraction": round(ignored, 5)})
             kept.append(Support(query.case, query.image, target, query.vendor))

@@ -476,7 +476,9 @@ class SemiSupervisedRun:
             available = [Support(q.case, q.image, outputs_of(pseudo_dir, q, cases.sequence)[0],
                                  q.vendor) for q in cases.unlabelled]
             present = [s for s in available if s.mask.is_file()]
-            kept, verdicts = pseudo_labelled_cases(present, folder / "labels", self.config.pseudo_labels)
+            # a round's predictions keep the organ of the labels its model trained on (round 0 has none)
+            kept, verdicts = pseudo_labelled_cases(present, folder / "labels", self.config.pseudo_labels,
+                                                   guide_dir=pseudo_dir.parent / "labels")
             missing = {s.case: "no pseudo label (labelling failed)" for s in available
                        if not s.mask.is_file()}
             record.dropped = {**missing, **{v.case: v.reason for v in verdicts if not v.kept}}
