@@ -11,7 +11,8 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
 * labelled-only: nnU-Net on the L labelled patients (``engine = none``);
 * SSL: few-shot round 0 (the atlas on the L supports), each nnU-Net round, the final model;
   with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
-  nnU-Net (copied in, not retrained), and training ignores where they disagree; with
+  nnU-Net (copied in, not retrained), and training ignores where they disagree; with --fuse
+  average ("SSL fused-average"), round 0 is the two averaged as an SSL run serves its model; with
   --warm-start ("... warm"), each round's nnU-Net starts from the model before it (round 1: the
   labelled-only partner) instead of from scratch; with --labelled-share S ("... share S"), the
   labelled patients are repeated to make about S of each SSL training set;
@@ -51,8 +52,10 @@ from sslmedsam2.supports import Support
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 SEQUENCE = "T2SPIR"
 #: --fuse: round 0 is the agreement of the atlas and a labelled-only nnU-Net; training ignores
-#: the voxels where they differ (1 bit) and the atlas's own 50/50 boundary
-FUSED = {"fuse_labelled_only": True, "ignore_uncertainty_above": 0.95}
+#: the voxels where they differ (1 bit) and the atlas's own 50/50 boundary. --fuse average: their
+#: mean probability (the engine an SSL run serves), nothing ignored
+FUSED = {"agreement": {"fuse_labelled_only": True, "ignore_uncertainty_above": 0.95},
+         "average": {"fuse_labelled_only": True, "fusion": "average"}}
 log = logging.getLogger("bench_ssl_real")
 
 
@@ -99,9 +102,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--choose-export", action="store_true",
                         help="let SSL arms run the loop's export choice (4 more trainings per arm "
                              "with >= 2 labels); off, an SSL arm's final row is the SSL model itself")
-    parser.add_argument("--fuse", action="store_true",
+    parser.add_argument("--fuse", nargs="?", const="agreement", choices=sorted(FUSED), default=None,
                         help="SSL arms (named 'SSL fused', own run folders) start from the agreement "
-                             "of the atlas and a labelled-only nnU-Net; the other arms are shared")
+                             "of the atlas and a labelled-only nnU-Net ('--fuse average': from their "
+                             "average, 'SSL fused-average'); the other arms are shared")
     parser.add_argument("--warm-start", action="store_true",
                         help="SSL arms (named '... warm', own run folders) start each round from "
                              "the model before it (loop.warm_start; round 1 from the labelled-only "
@@ -165,7 +169,8 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
 
 def ssl_arm_name(count: int, args: argparse.Namespace) -> tuple[str, str]:
     """The SSL arm's table name and run folder, which differ by variant."""
-    name, folder = ("SSL fused", f"ssl_fused_L{count}") if args.fuse else ("SSL", f"ssl_L{count}")
+    name, folder = {None: ("SSL", f"ssl_L{count}"), "agreement": ("SSL fused", f"ssl_fused_L{count}"),
+                    "average": ("SSL fused-average", f"ssl_fusedavg_L{count}")}[args.fuse]
     if args.warm_start:
         name, folder = f"{name} warm", folder.replace("_L", "_warm_L")
     if args.labelled_share:
@@ -207,7 +212,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                              "atlas_syn_start": args.atlas_syn_start,
                              "atlas_weighting": not args.vote_only,
                              "atlas_intensity": not args.vote_only,
-                             **(FUSED if args.fuse and engine != "none" else {}),
+                             **(FUSED[args.fuse] if args.fuse and engine != "none" else {}),
                              **({"labelled_share": args.labelled_share} if engine != "none" else {})},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,

@@ -281,6 +281,32 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
     assert any((sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 2).any() for p in labels)
 
 
+def test_averaged_round_zero_labels_as_the_served_engine_would(ssl_data, tmp_path):
+    """With ``fusion = "average"`` round 0's pseudo labels are the labelled-only nnU-Net and the
+    atlas averaged (``engines.average``), the combination an SSL run serves its model with."""
+    from sslmedsam2.engines.average import average
+    from sslmedsam2.evaluation.metrics import dice
+    from sslmedsam2.ssl.loop import SemiSupervisedRun, gather_cases
+
+    raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "fusion": "average",
+                                              "min_volume_ml": 1, "atlas_method": "affine"},
+                     intermediate={"epochs": 10}, final={"epochs": 10}, loop={"max_rounds": 0})
+    config = build_config(raw, Path.cwd())
+    zero = run_ssl(config, tmp_path / "run", progress=False).records[0]
+    assert zero.step == "round_00" and zero.engine == "labelled-only nnU-Net averaged with atlas"
+    folder = tmp_path / "run" / "GED4" / "round_00"
+    cases = gather_cases(config, "GED4")
+    fused = SemiSupervisedRun(config, tmp_path / "run", progress=False)._round_zero_engine(cases, folder)[0]()
+    query = cases.unlabelled[0]
+    image = sitk.ReadImage(str(query.image))
+    model = fused.first.segment(image, "GED4", query.vendor)
+    atlas = fused.second.segment(image, "GED4", query.vendor)
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "pseudo" / query.case / "GED4.nii.gz")))
+    expected = average(model, atlas, model_alone_below=fused.model_alone_below).mask
+    assert (model.mask != atlas.mask).any() and expected.any()
+    assert dice(saved > 0, expected > 0) > 0.98
+
+
 def test_labelled_share_repeats_the_manual_masks_in_every_ssl_training(ssl_data, tmp_path):
     """At a share of 0.75 the manual masks make 3/4 of the nnU-Net training set, in round 1
     (3 labelled x 3 + 3 pseudo) and in the export choice's SSL arm (1 labelled x 9 + 3 pseudo);

@@ -10,11 +10,9 @@ a two-vote fusion at 50/50 (1 bit), which ``ignore_uncertainty_above`` turns int
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from sslmedsam2.engines.base import Engine, Segmentation
+from sslmedsam2.engines.base import Segmentation
 from sslmedsam2.engines.pair import EnginePair
 
 #: Binary entropy of two votes split one-one.
@@ -25,11 +23,6 @@ class AgreementEngine(EnginePair):
     """``first`` and ``second`` segment every volume; the mask is their intersection."""
 
     name = "agreement"
-
-    @classmethod
-    def of(cls, make_first: Callable[[], Engine], make_second: Callable[[], Engine]) -> AgreementEngine:
-        """Built from two recipes, so a picklable recipe of it can travel to a worker."""
-        return cls(make_first(), make_second())
 
     def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
         return agree(a, b)

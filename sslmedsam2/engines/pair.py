@@ -4,6 +4,7 @@ agreement (round 0's fused pseudo labels) and the average (model and atlas at pr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import SimpleITK as sitk
 
@@ -18,6 +19,11 @@ class EnginePair(ABC):
 
     def __init__(self, first: Engine, second: Engine) -> None:
         self.first, self.second = first, second
+
+    @classmethod
+    def of(cls, make_first: Callable[[], Engine], make_second: Callable[[], Engine]) -> EnginePair:
+        """Built from two recipes, so a picklable recipe of it can travel to a worker."""
+        return cls(make_first(), make_second())
 
     def can_segment(self, sequence: str) -> bool:
         return self.first.can_segment(sequence) and self.second.can_segment(sequence)

@@ -21,6 +21,8 @@ from sslmedsam2.sequences import CARE_SEQUENCES, GED4, valid_sequence_name
 from sslmedsam2.training.supervised import PROFILES, TrainingProfile
 
 ENGINES = ("atlas", "sam2", "none")
+#: how ``fuse_labelled_only`` joins the few-shot engine and the labelled-only nnU-Net in round 0
+FUSIONS = ("agreement", "average")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class PseudoLabelConfig:
     off). ``fuse_labelled_only``: round 0 also trains nnU-Net on the labelled cases alone and
     keeps the liver where it and the few-shot engine agree; where they differ the uncertainty is 1
     bit, so with ``ignore_uncertainty_above`` set those voxels are not trained on (see
-    ``engines.agreement``). Whole cases are dropped when their pseudo label is empty, smaller than
+    ``engines.agreement``); with ``fusion = "average"`` it keeps where their mean probability
+    reaches one half instead, the nnU-Net's organ alone where the two organs differ outright
+    (``engines.average``, the engine an SSL run serves). Whole cases are dropped when their pseudo label is empty, smaller than
     ``min_volume_ml``, or has more than ``max_components`` connected components of at least 1 ml
     (None: no limit). ``largest_component``: a kept label keeps one component, the largest, or
     where a round's model made it, the one that model's own training label overlaps most (a
@@ -91,6 +95,7 @@ class PseudoLabelConfig:
     same_vendor_supports: bool = True
     ignore_uncertainty_above: float | None = None
     fuse_labelled_only: bool = False
+    fusion: str = "agreement"
     labelled_share: float = 0.5
     min_volume_ml: float = 50.0
     max_components: int | None = 3
@@ -210,6 +215,8 @@ def check_config(config: SSLConfig) -> None:
                         f"{', '.join(SYN_STARTS)})")
     if labels.engine == "sam2" and labels.checkpoint is None:
         problems.append("pseudo_labels.engine = 'sam2' needs pseudo_labels.checkpoint")
+    if labels.fusion not in FUSIONS:
+        problems.append(f"pseudo_labels.fusion: {labels.fusion!r} (choose from {', '.join(FUSIONS)})")
     if labels.fuse_labelled_only and labels.engine == "none":
         problems.append("pseudo_labels.fuse_labelled_only needs a few-shot engine to fuse with")
     if labels.engine == "none" and len(config.data.sequences) > 1:
@@ -350,6 +357,8 @@ same_vendor_supports = true       # the query's vendor's supports when it has an
 ignore_uncertainty_above = 0      # bits (0..1); voxels above become nnU-Net's ignore label
 fuse_labelled_only = false        # round 0: keep the liver where the few-shot engine and an nnU-Net
                                   # on the labelled cases agree (their disagreement: 1 bit)
+fusion = "agreement"              # with fuse_labelled_only: agreement | average (their mean
+                                  # probability, as the served engine)
 labelled_share = 0.5              # labelled cases repeated to make about this share of a
                                   # training set with pseudo labels (0: each once, the paper)
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller

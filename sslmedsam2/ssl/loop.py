@@ -5,7 +5,8 @@ Per sequence, under ``<run>/<SEQ>/``:
 * ``round_00``: pseudo labels of every unlabelled case from a few-shot engine (atlas or SAM2),
   with uncertainty maps. Supports are the labelled cases (CARE: the labelled GED4 cases, also for
   T1/T2/DWI queries). With ``fuse_labelled_only``, an nnU-Net trained here on the labelled cases
-  labels them too, and only the liver both agree on is kept (``engines.agreement``).
+  labels them too, and only the liver both agree on is kept (``engines.agreement``), or with
+  ``fusion = "average"`` where their mean probability reaches one half (``engines.average``).
 * ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
   labels of the previous round; its fold ensemble predicts every unlabelled case with
   probabilities, which become this round's pseudo labels and uncertainty maps. It also segments
@@ -325,6 +326,9 @@ class SemiSupervisedRun:
         model, profile = self._train(cases, None, folder / "labelled_only", self.config.intermediate,
                                      0, record)
         partner = self._nnunet_engine(cases.sequence, model, profile)
+        if self.config.pseudo_labels.fusion == "average":
+            return (partial(AverageEngine.of, partner, self._fewshot),
+                    f"labelled-only nnU-Net averaged with {name}")
         return partial(AgreementEngine.of, self._fewshot, partner), f"{name} + labelled-only nnU-Net"
 
     def _round(self, cases: SequenceCases, number: int) -> StepRecord:
