@@ -68,7 +68,8 @@ class PseudoLabelConfig:
     bit, so with ``ignore_uncertainty_above`` set those voxels are not trained on (see
     ``engines.agreement``); with ``fusion = "average"`` it keeps where their mean probability
     reaches one half instead, the nnU-Net's organ alone where the two organs differ outright
-    (``engines.average``, the engine an SSL run serves). Whole cases are dropped when their pseudo label is empty, smaller than
+    (``engines.average``, the engine an SSL run serves; on real patients with one label +0.023
+    over the default in one fold, -0.076 in the other: benchmarks/RESULTS.md, attempt 13). Whole cases are dropped when their pseudo label is empty, smaller than
     ``min_volume_ml``, or has more than ``max_components`` connected components of at least 1 ml
     (None: no limit). ``largest_component``: a kept label keeps one component, the largest, or
     where a round's model made it, the one that model's own training label overlaps most (a
