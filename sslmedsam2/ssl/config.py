@@ -69,12 +69,13 @@ class PseudoLabelConfig:
     ``engines.agreement``); with ``fusion = "average"`` it keeps where their mean probability
     reaches one half instead, the nnU-Net's organ alone where the two organs differ outright
     (``engines.average``, the engine an SSL run serves; on real patients with one label +0.023
-    over the default in one fold, -0.076 in the other: benchmarks/RESULTS.md, attempt 13). Whole cases are dropped when their pseudo label is empty, smaller than
-    ``min_volume_ml``, or has more than ``max_components`` connected components of at least 1 ml
-    (None: no limit). ``largest_component``: a kept label keeps one component, the largest, or
-    where a round's model made it, the one that model's own training label overlaps most (a
-    bigger false object is not taught as the liver). ``labelled_share``: nnU-Net draws its training cases uniformly, so one
-    manual mask among nine pseudo labels teaches a tenth of the time; above 0 the labelled
+    over the default in one fold, -0.076 in the other: benchmarks/RESULTS.md, attempt 13).
+    Whole cases are dropped when their pseudo label is empty, smaller than ``min_volume_ml``, or
+    has more than ``max_components`` connected components of at least 1 ml (None: no limit).
+    ``largest_component``: a kept label keeps one component, the largest, or where a round's
+    model made it, the one that model's own training label overlaps most (a bigger false object
+    is not taught as the liver). ``labelled_share``: nnU-Net draws its training cases uniformly,
+    so one manual mask among nine pseudo labels teaches a tenth of the time; above 0 the labelled
     cases are repeated in the training set until they make about this share of it (0: each
     once, as in the paper; with cross-validation folds a copy may sit in a fold's validation
     set, which only flatters nnU-Net's own validation figure). Default 0.5, the real masks drawn
