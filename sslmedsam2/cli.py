@@ -126,6 +126,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--threads", type=int, default=None,
                      help="CPU threads for torch. Default: every CPU this process may use for "
                           "nnU-Net and atlas, 1 for SAM2 on CPU (faster on a shared box)")
+    how.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -148,9 +149,24 @@ def infer_settings(args: argparse.Namespace):
         largest_component=not args.all_components)
 
 
+DETERMINISTIC_HELP = ("ANTs registrations (atlas, averaged engines) on one thread, so that a rerun "
+                      "writes the same masks; on threads, hard cases can differ between runs. "
+                      "On a Ray cluster started elsewhere, set ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 "
+                      "on its nodes instead")
+
+
+def pin_if_asked(args: argparse.Namespace) -> None:
+    """``--deterministic``: must act before any registration loads ANTs in this process."""
+    from sslmedsam2.registration.syn import pin_registration_threads
+
+    if args.deterministic and not pin_registration_threads():
+        raise UsageError("--deterministic: ANTs was loaded before the option could take effect")
+
+
 def run_infer(args: argparse.Namespace) -> int:
     from sslmedsam2.container.inference import run_inference
 
+    pin_if_asked(args)
     return run_inference(infer_settings(args)).exit_code
 
 
@@ -248,6 +264,7 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
 
+    pin_if_asked(args)
     try:
         shard = Shard.parse(args.shard)
     except ValueError as exc:
@@ -551,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--sequence", type=_sequence_list, default=("GED4",),
                         help="query sequence (supports are always GED4). Default: GED4")
     pseudo.add_argument("--shard", default="0/1", help="i/n: this machine's share of the cases")
+    pseudo.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     pseudo.add_argument("--max-supports", type=int, default=5,
                         help="supports registered per query, same vendor first (default 5)")
     pseudo.add_argument("--deformable", action="store_true",

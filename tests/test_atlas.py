@@ -4,6 +4,7 @@ and serves as process.py's fallback."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -226,3 +227,26 @@ def test_process_falls_back_to_atlas(tmp_path, trained_weights, example_dataset,
                              "--weights", weights, "--sequences", "T1")
     assert only_atlas.returncode == 0, only_atlas.stderr
     assert {c["engine"] for c in summary(tmp_path / "o2")["cases"]} == {"atlas"}
+
+
+def test_cli_pseudo_label_deterministic_repeats_itself_bit_for_bit(tmp_path, example_dataset):
+    """``--deterministic``: two separate runs write the same masks and uncertainty maps, to the
+    last bit (on ITK's threads SyN's sums change order between runs)."""
+    import subprocess
+    import sys
+
+    def run(out: Path) -> None:
+        command = [sys.executable, "-m", "sslmedsam2", "pseudo-label", "--deterministic", "--supports",
+                   str(example_dataset.train_dir), "--unlabelled", str(example_dataset.test_input_dir),
+                   "--out", str(out), "--max-supports", "1", "-q"]
+        env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr
+
+    run(tmp_path / "first")
+    run(tmp_path / "second")
+    written = sorted(p.relative_to(tmp_path / "first") for p in (tmp_path / "first").glob("*/*.nii.gz"))
+    assert len(written) == 2 * len(example_dataset.split("test"))
+    for path in written:
+        first, second = (sitk.GetArrayFromImage(_read(tmp_path / run_dir / path)) for run_dir in ("first", "second"))
+        assert np.array_equal(first, second), path

@@ -127,3 +127,44 @@ def test_seed_zero_is_refused_because_ants_reads_it_as_the_clock():
     query, _ = _patient("01", slice(14, 30))
     with pytest.raises(ValueError, match="seed must not be 0"):
         warp_supports(query, [_patient("34", slice(12, 28))], AtlasConfig(method="syn", syn=SynConfig(seed=0)))
+
+
+PINNED = """
+import sys
+import numpy as np
+import SimpleITK as sitk
+sys.path.insert(0, {tests!r})
+from sslmedsam2.registration.syn import pin_registration_threads
+{before}
+print(pin_registration_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+from test_registration import _patient
+from sslmedsam2.registration.label_propagation import AtlasConfig, warp_supports
+query, _ = _patient("01", slice(14, 30))
+support = _patient("34", slice(12, 28))
+np.save({out!r}, warp_supports(query, [support], AtlasConfig(method="syn"), with_images=False)[0].mask)
+"""
+
+
+def _pinned_run(tmp_path: Path, name: str, before: str = "") -> tuple[list[str], np.ndarray]:
+    out = tmp_path / f"{name}.npy"
+    script = PINNED.format(tests=str(Path(__file__).parent), out=str(out), before=before)
+    env = {key: value for key, value in os.environ.items() if key != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split(), np.load(out)
+
+
+def test_pinned_registration_threads_repeat_a_warp_bit_for_bit_across_processes(tmp_path):
+    """Two fresh processes, each pinned by the library (no variable set by the caller): the same
+    warp to the last bit, while SimpleITK keeps its own threads."""
+    (pinned, sitk_threads), first = _pinned_run(tmp_path, "first")
+    (_, _), second = _pinned_run(tmp_path, "second")
+    assert pinned == "True" and np.array_equal(first, second)
+    if (os.cpu_count() or 1) > 1:
+        assert int(sitk_threads) > 1
+
+
+def test_pinning_after_ants_is_loaded_changes_nothing_and_says_so(tmp_path):
+    (pinned, _), _ = _pinned_run(tmp_path, "late", before="import ants")
+    assert pinned == "False"

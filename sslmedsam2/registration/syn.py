@@ -4,8 +4,9 @@ Across real patients the liver differs in shape far more than an affine map can 
 14 CHAOS patients, leave-one-out with one support, SimpleITK's affine reaches a mean Dice of
 0.66 and this SyN 0.77 (``benchmarks/bench_fewshot_real.py``, RESULTS.md). ANTs (antspyx) starts
 from the intensity centres of mass, never from the header origins, which real collections do not
-keep consistent between patients. Its threads make results differ in the last voxels between
-processes: a resumed or retried case may not be bit-identical. Its sampling is seeded
+keep consistent between patients. Its threads sum in a different order each run, so results
+differ between runs, on hard pairs by a lot (one CHAOS pair: 0.68 and 0.13 Dice an hour apart);
+:func:`pin_registration_threads` makes them repeat bit for bit. Its sampling is seeded
 (``SynConfig.seed``): ANTs otherwise seeds it from the clock, so no two runs matched, and a
 clean-clone CI once met a run scoring a held-out Dice of 0.48 on the synthetic example where
 seeds 1-5 all give 0.95.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +77,23 @@ def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image
 
 
 STARTS = ("affine", "similarity")
+
+#: ANTs' ITK reads its thread count from the environment, once per process, at its first use
+ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
+def pin_registration_threads() -> bool:
+    """Run this process's ANTs registrations (and those of processes it starts) on one thread, so
+    that a rerun repeats them bit for bit. Too late once ants is imported: then nothing changes
+    and it returns False. SimpleITK keeps its own thread count."""
+    if os.environ.get(ITK_THREADS) == "1":
+        return True
+    if "ants" in sys.modules:
+        return False
+    own = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    os.environ[ITK_THREADS] = "1"
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(own)
+    return True
 
 
 def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, config: SynConfig,

@@ -35,6 +35,7 @@ from sslmedsam2.io import read_volume, volume_suffix, write_text_atomic
 from sslmedsam2.logs import FILE_ONLY
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.orientation import CANONICAL
+from sslmedsam2.registration.syn import pin_registration_threads
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.ssl.config import SSLConfig, default_values
 from sslmedsam2.ssl.export_choice import read_choice
@@ -59,6 +60,9 @@ def run_ssl(config: SSLConfig, run_dir: Path, weights_dir: Path | None = None,
     run_dir = Path(run_dir)
     started = time.perf_counter()
     record_provenance(config, run_dir)
+    if config.loop.deterministic_registration and not pin_registration_threads():
+        log.warning("ants was loaded before this run, on ITK's default threads: a rerun's "
+                    "pseudo labels may differ from this run's")
     configure_threads(None)
     run = SemiSupervisedRun(config, run_dir, progress=progress, executor=executor)
     records: list[StepRecord] = []
