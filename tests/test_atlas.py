@@ -248,5 +248,5 @@ def test_cli_pseudo_label_deterministic_repeats_itself_bit_for_bit(tmp_path, exa
     written = sorted(p.relative_to(tmp_path / "first") for p in (tmp_path / "first").glob("*/*.nii.gz"))
     assert len(written) == 2 * len(example_dataset.split("test"))
     for path in written:
-        first, second = (sitk.GetArrayFromImage(_read(tmp_path / run_dir / path)) for run_dir in ("first", "second"))
+        first, second = (sitk.GetArrayFromImage(_read(tmp_path / name / path)) for name in ("first", "second"))
         assert np.array_equal(first, second), path
