@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.ssl.config import PseudoLabelConfig
-from sslmedsam2.ssl.dataset import pseudo_labelled_cases
+from sslmedsam2.ssl.dataset import judge, pseudo_labelled_cases
 from sslmedsam2.supports import Support
 from sslmedsam2.training.supervised import IGNORE_LABEL
 
@@ -65,3 +65,23 @@ def test_without_a_guide_the_largest_object_is_kept(tmp_path):
     elsewhere = np.zeros(SHAPE, np.uint8)
     elsewhere[15:19, 2:6, 2:6] = 1
     assert np.array_equal(_label_of(tmp_path, elsewhere, "elsewhere") > 0, false_object)
+
+
+def _judged(tmp_path: Path, mask: np.ndarray, name: str) -> bool:
+    path = _write(mask, tmp_path / name / "T2SPIR.nii.gz")
+    return judge(sitk.ReadImage(str(path)), PseudoLabelConfig(min_volume_ml=1.0, max_components=3), name).kept
+
+
+def test_islands_beside_the_liver_are_not_fragments_but_a_split_liver_is(tmp_path):
+    """A round's nnU-Net predicts islands beside its liver (here six of 1.2 ml, 1% of the label
+    each): the case stays. A liver in four comparable pieces is still left out."""
+    liver = np.zeros(SHAPE, bool)
+    liver[2:15, 4:30, 4:36] = True  # 10816 voxels: 87 ml
+    islands = liver.copy()
+    for z in (2, 9):
+        for x in (4, 14, 24):
+            islands[z:z + 5, 33:39, x:x + 5] = True
+    assert _judged(tmp_path, islands, "islands")
+    split = liver.copy()
+    split[:, 16:18, :] = split[:, :, 19:21] = False
+    assert not _judged(tmp_path, split, "split")

@@ -71,7 +71,8 @@ class PseudoLabelConfig:
     (``engines.average``, the engine an SSL run serves; on real patients with one label +0.023
     over the default in one fold, -0.076 in the other: benchmarks/RESULTS.md, attempt 13).
     Whole cases are dropped when their pseudo label is empty, smaller than ``min_volume_ml``, or
-    has more than ``max_components`` connected components of at least 1 ml (None: no limit).
+    has more than ``max_components`` connected components of at least 1 ml and a tenth of its
+    volume each (None: no limit).
     ``largest_component``: a kept label keeps one component, the largest, or where a round's
     model made it, the one that model's own training label overlaps most (a bigger false object
     is not taught as the liver). ``labelled_share``: nnU-Net draws its training cases uniformly,
@@ -370,7 +371,7 @@ fusion = "agreement"              # with fuse_labelled_only: agreement | average
 labelled_share = 0.5              # labelled cases repeated to make about this share of a
                                   # training set with pseudo labels (0: each once, the paper)
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller
-max_components = 3                # drop cases with more components (>= 1 ml) than this
+max_components = 3                # drop cases with more components (>= 1 ml, >= 10%) than this
 largest_component = true          # keep one component of kept pseudo labels: the largest, or in
                                   # rounds >= 2 the one the model's own training label overlaps most
 
