@@ -203,7 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.logs import run_log
     from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
-    from sslmedsam2.ssl.pipeline import read_choices, run_ssl, run_summary_table
+    from sslmedsam2.ssl.pipeline import pin_registrations, read_choices, run_ssl, run_summary_table
 
     if args.print_config:
         sys.stdout.write(TEMPLATE)
@@ -224,6 +224,7 @@ def run_train(args: argparse.Namespace) -> int:
             section, _, key = dotted.partition(".")
             raw.setdefault(section, {})[key] = value
         config = build_config(raw, Path.cwd())
+    pin_registrations(config)  # before a Ray instance started here inherits the environment
     with run_log(Path(args.run) / "train.log"):
         result = run_ssl(config, args.run, args.weights, progress=not args.quiet,
                          executor=make_executor(executor_config(args)))

@@ -60,9 +60,7 @@ def run_ssl(config: SSLConfig, run_dir: Path, weights_dir: Path | None = None,
     run_dir = Path(run_dir)
     started = time.perf_counter()
     record_provenance(config, run_dir)
-    if config.loop.deterministic_registration and not pin_registration_threads():
-        log.warning("ants was loaded before this run, on ITK's default threads: a rerun's "
-                    "pseudo labels may differ from this run's")
+    pin_registrations(config)
     configure_threads(None)
     run = SemiSupervisedRun(config, run_dir, progress=progress, executor=executor)
     records: list[StepRecord] = []
@@ -77,6 +75,14 @@ def run_ssl(config: SSLConfig, run_dir: Path, weights_dir: Path | None = None,
     log.info("semi-supervised run finished in %.0f s: weights in %s, report in %s",
              time.perf_counter() - started, weights, report_dir)
     return RunResult(records, weights, report_dir)
+
+
+def pin_registrations(config: SSLConfig) -> None:
+    """``loop.deterministic_registration``: before ANTs loads here or in a process started from
+    here (a Ray instance started on this machine included)."""
+    if config.loop.deterministic_registration and not pin_registration_threads():
+        log.warning("ants was loaded before this run, on ITK's default threads: a rerun's "
+                    "pseudo labels may differ from this run's")
 
 
 def record_provenance(config: SSLConfig, run_dir: Path) -> None:
