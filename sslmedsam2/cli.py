@@ -63,6 +63,12 @@ INFER_DESCRIPTION = (
     "could not be read as any layout.")
 
 
+DETERMINISTIC_HELP = ("ANTs registrations (atlas, averaged engines) on one thread, so that a rerun "
+                      "writes the same masks; on threads, hard cases can differ between runs. "
+                      "On a Ray cluster started elsewhere, set ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 "
+                      "on its nodes instead")
+
+
 def infer_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The container entrypoint's parser (process.py uses it as is)."""
     parser = argparse.ArgumentParser(prog=prog, description=INFER_DESCRIPTION)
@@ -147,12 +153,6 @@ def infer_settings(args: argparse.Namespace):
         default_sequence=args.default_sequence[0] if args.default_sequence else None,
         slugs=GrandChallengeSlugs(input_slug=args.gc_input_slug, output_slug=args.gc_output_slug),
         largest_component=not args.all_components)
-
-
-DETERMINISTIC_HELP = ("ANTs registrations (atlas, averaged engines) on one thread, so that a rerun "
-                      "writes the same masks; on threads, hard cases can differ between runs. "
-                      "On a Ray cluster started elsewhere, set ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 "
-                      "on its nodes instead")
 
 
 def pin_if_asked(args: argparse.Namespace) -> None:

@@ -169,7 +169,7 @@ class LoopConfig:
     ``deterministic_registration``: the run's ANTs registrations on one thread, so a rerun makes
     the same pseudo labels (with threads, one hard CHAOS pair scored 0.68 and 0.13 Dice an hour
     apart; see ``registration.syn.pin_registration_threads``). It applies to the whole process
-    and only if no registration ran in it before.
+    and only if ANTs has not been loaded in it before (the log warns).
     """
 
     max_rounds: int = 3
