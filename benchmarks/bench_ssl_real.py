@@ -15,7 +15,9 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
   average ("SSL fused-average"), round 0 is the two averaged as an SSL run serves its model; with
   --warm-start ("... warm"), each round's nnU-Net starts from the model before it (round 1: the
   labelled-only partner) instead of from scratch; with --labelled-share S ("... share S"), the
-  labelled patients are repeated to make about S of each SSL training set;
+  labelled patients are repeated to make about S of each SSL training set; with
+  --ignore-uncertainty-above B ("... ignore B"), pseudo-label voxels whose uncertainty exceeds B
+  bits are nnU-Net's ignore label;
 * fully supervised: nnU-Net on every training patient with its true mask.
 
 Each arm's exported weights are also scored as ``process.py`` serves them (step "served": the
@@ -26,8 +28,8 @@ Prints mean +- sd over folds of held-out Dice and HD95 per arm and writes the ra
 
     python benchmarks/bench_ssl_real.py [--data DIR] [--folds 3] [--labels 1 3] [--only-folds 0]
         [--profile cpu-quick] [--epochs N] [--max-rounds 2] [--choose-export] [--fuse]
-        [--warm-start] [--labelled-share S] [--vote-only] [--skip-fully-supervised]
-        [--skip-labelled-only] [--skip-ssl]
+        [--warm-start] [--labelled-share S] [--ignore-uncertainty-above B] [--vote-only]
+        [--skip-fully-supervised] [--skip-labelled-only] [--skip-ssl]
         [--work runs/bench_ssl_real] [--json FILE]
 """
 
@@ -116,6 +118,10 @@ def parse_args() -> argparse.Namespace:
                              "(pseudo_labels.labelled_share; default here 0, each once: the plain "
                              "loop of attempts 1-8, whose run folders and JSON keep their names; "
                              "the loop's own default is 0.5)")
+    parser.add_argument("--ignore-uncertainty-above", type=float, default=None, metavar="BITS",
+                        help="SSL arms (named '... ignore B', own run folders) do not train on "
+                             "pseudo-label voxels more uncertain than this (binary entropy, bits: "
+                             "pseudo_labels.ignore_uncertainty_above); default: every voxel")
     parser.add_argument("--skip-fully-supervised", action="store_true",
                         help="leave the fully supervised arm out (e.g. already measured: its "
                              "training is seeded and gives the same model again)")
@@ -176,6 +182,9 @@ def ssl_arm_name(count: int, args: argparse.Namespace) -> tuple[str, str]:
     if args.labelled_share:
         name, folder = f"{name} share {args.labelled_share:g}", folder.replace(
             "_L", f"_share{args.labelled_share:g}_L")
+    if args.ignore_uncertainty_above is not None:
+        bits = args.ignore_uncertainty_above
+        name, folder = f"{name} ignore {bits:g}", folder.replace("_L", f"_ign{bits:g}_L")
     return name, folder
 
 
@@ -212,8 +221,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
                              "atlas_syn_start": args.atlas_syn_start,
                              "atlas_weighting": not args.vote_only,
                              "atlas_intensity": not args.vote_only,
-                             **(FUSED[args.fuse] if args.fuse and engine != "none" else {}),
-                             **({"labelled_share": args.labelled_share} if engine != "none" else {})},
+                             **ssl_variant(engine, args)},
            "intermediate": schedule, "final": schedule,
            "loop": {"max_rounds": args.max_rounds if engine != "none" else 0, "seed": args.seed,
                     "device": "cpu", "choose_export": args.choose_export,
@@ -222,6 +230,16 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
     records = run_ssl(build_config(raw, Path.cwd()), run_dir, progress=False).records
     log.info("%s: %.0f s this invocation", run_dir, time.perf_counter() - started)
     return records
+
+
+def ssl_variant(engine: str, args: argparse.Namespace) -> dict:
+    """The pseudo-label settings an SSL arm's variant sets (none for labelled-only arms)."""
+    if engine == "none":
+        return {}
+    settings = {**(FUSED[args.fuse] if args.fuse else {}), "labelled_share": args.labelled_share}
+    if args.ignore_uncertainty_above is not None:
+        settings["ignore_uncertainty_above"] = args.ignore_uncertainty_above
+    return settings
 
 
 def arm_rows(fold: int, arm_name: str, labels: int, run_dir: Path, train: Path, holdout: Path,
