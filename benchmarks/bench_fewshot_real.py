@@ -124,21 +124,25 @@ def score_query(query: Support, draws: list[list[Support]], args: argparse.Names
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(query.mask))) > 0
     rows, labels, scored = [], {"manual": truth}, {}
     for method in args.methods:
+        loaded: dict[str, tuple[WarpedSupport, float]] = {}  # each support read once, whatever the draws
         for index, draw in enumerate(draws):
-            warped, seconds = [], []
             for support in draw:
-                support_warped, took = cached_warp(query, support, image, method, args.work)
-                warped.append(support_warped)
-                seconds.append(took)
+                if support.case not in loaded:
+                    loaded[support.case] = cached_warp(query, support, image, method, args.work)
+            warped = [loaded[s.case][0] for s in draw]
+            seconds = [loaded[s.case][1] for s in draw]
             for k in args.supports:
                 key = (method, k, frozenset(s.case for s in draw[:k]))
                 if key not in scored:
-                    scored[key] = scored_fusions(warped[:k], image, truth, sum(seconds[:k]))
-                for fusion, (row, mask) in scored[key].items():
-                    if index == 0 and method == args.methods[0] and fusion == DEFAULT_FUSION[k > 1]:
-                        labels[f"{method}, {k} support{'s' * (k > 1)}"] = mask
-                    rows.append({"query": query.case, "method": method, "fusion": fusion, "k": k,
-                                 "draw": index, "supports": [s.case for s in draw[:k]], **row})
+                    scored[key] = {}
+                    fused = scored_fusions(warped[:k], image, truth, sum(seconds[:k]))
+                    for fusion, (row, mask) in fused.items():
+                        scored[key][fusion] = row  # masks are kept only for the montage, of draw 0
+                        if index == 0 and method == args.methods[0] and fusion == DEFAULT_FUSION[k > 1]:
+                            labels[f"{method}, {k} support{'s' * (k > 1)}"] = mask
+                rows += [{"query": query.case, "method": method, "fusion": fusion, "k": k, "draw": index,
+                          "supports": [s.case for s in draw[:k]], **row}
+                         for fusion, row in scored[key].items()]
     if args.montages:
         args.montages.mkdir(parents=True, exist_ok=True)
         save_overlay_montage(image, labels, args.montages / f"{query.case}.png", title=query.case)
