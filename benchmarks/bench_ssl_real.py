@@ -97,6 +97,9 @@ def parse_args() -> argparse.Namespace:
                         help="round 0's registration: syn (default) or affine")
     parser.add_argument("--atlas-syn-start", default="similarity", choices=["similarity", "affine"],
                         help="the linear map SyN starts from (attempts 1-6 used affine)")
+    parser.add_argument("--atlas-head-foot-search-mm", type=float, default=150.0,
+                        help="from the similarity map, how far the support's liver may slide head-foot "
+                             "(0: off, as every SSL attempt recorded before few-shot attempt 8)")
     parser.add_argument("--vote-only", action="store_true",
                         help="round 0's atlas as a plain vote: no local weighting, no intensity "
                              "correction (as before they existed; folds 0 and 1 of the fused "
@@ -219,6 +222,7 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
     raw = {"data": {"train": str(train), "sequences": [SEQUENCE], "holdout_images": str(holdout)},
            "pseudo_labels": {"engine": engine, "atlas_method": args.atlas_method,
                              "atlas_syn_start": args.atlas_syn_start,
+                             "atlas_head_foot_search_mm": args.atlas_head_foot_search_mm,
                              "atlas_weighting": not args.vote_only,
                              "atlas_intensity": not args.vote_only,
                              **ssl_variant(engine, args)},

@@ -21,22 +21,31 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+
+from sslmedsam2.registration.head_foot_search import HeadFootSearch, best_shift
+
+if TYPE_CHECKING:
+    import ants
 
 
 @dataclass(frozen=True)
 class SynConfig:
     """ANTs' schedule: ``transform`` is the antspyx ``type_of_transform`` of the ``affine`` start
-    (the default runs rigid, affine, then SyN, all with mutual information). The SyN field is smoothed harder than ANTs'
-    quick script (``flow_sigma`` 6 and ``total_sigma`` 1 voxels, against 3 and 0): unconstrained,
-    SyN pulled the liver onto neighbouring organs on some patients (benchmarks/RESULTS.md).
+    (the default runs rigid, affine, then SyN, all with mutual information). The SyN field is
+    smoothed harder than ANTs' quick script (``flow_sigma`` 6 and ``total_sigma`` 1 voxels,
+    against 3 and 0): unconstrained, SyN pulled the liver onto neighbouring organs on some
+    patients (benchmarks/RESULTS.md).
 
     ``start``: the linear map SyN starts from. ``similarity`` (default) allows one scale for all
     three axes, so a support's liver cannot be stretched along the slices to fill a query whose
     scan covers less of the abdomen: from ANTs' own rigid + affine (``affine``), supports' livers
-    reached 4-10 slices below the query's, onto the bowel (benchmarks/RESULTS.md, attempt 5)."""
+    reached 4-10 slices below the query's, onto the bowel (benchmarks/RESULTS.md, attempt 5).
+    ``search``: after the similarity map, the support's liver is slid up or down to where the
+    query looks most like one organ inside it (:mod:`.head_foot_search`; similarity start only)."""
 
     transform: str = "SyN"
     start: str = "similarity"
@@ -45,6 +54,7 @@ class SynConfig:
     iterations: tuple[int, ...] = (100, 70, 50, 0)
     #: ANTs' sampling seed (non-zero); None: seeded from the clock, so runs differ
     seed: int | None = 1
+    search: HeadFootSearch = HeadFootSearch()
 
     @classmethod
     def quick(cls) -> "SynConfig":
@@ -62,12 +72,15 @@ def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image
 
     workdir = tempfile.mkdtemp(prefix="sslmedsam2-syn-")
     try:
+        liver = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), moving, sitk.Transform(),
+                              sitk.sitkLinear)
         transforms = _register(ants.from_sitk(normalised(fixed)), ants.from_sitk(normalised(moving)),
-                               config, workdir)
+                               config, workdir, ants.from_sitk(liver))
         reference = ants.from_sitk(sitk.Cast(query, sitk.sitkFloat32))
 
         def carried(moved: sitk.Image) -> np.ndarray:
-            warped = ants.apply_transforms(reference, ants.from_sitk(moved), transforms, interpolator="linear")
+            warped = ants.apply_transforms(reference, ants.from_sitk(moved), transforms,
+                                           interpolator="linear")
             return sitk.GetArrayFromImage(ants.to_sitk(warped)).astype(np.float32)
 
         return (np.clip(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), 0.0, 1.0),
@@ -96,9 +109,10 @@ def pin_registration_threads() -> bool:
     return True
 
 
-def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, config: SynConfig,
-              workdir: str) -> list[str]:
-    """The forward transform files of ``moving`` -> ``fixed`` under ``config``'s start."""
+def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, config: SynConfig, workdir: str,
+              liver: ants.ANTsImage) -> list[str]:
+    """The forward transform files of ``moving`` -> ``fixed`` under ``config``'s start;
+    ``liver``: the support's mask on ``moving``'s grid (a soft map)."""
     import ants
 
     if config.start not in STARTS:
@@ -109,10 +123,35 @@ def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, config: SynConfig,
         if config.start == "affine":
             return ants.registration(fixed, moving, type_of_transform=config.transform,
                                      outprefix=os.path.join(workdir, "tx_"), **syn)["fwdtransforms"]
-        start = ants.registration(fixed, moving, type_of_transform="Similarity",
-                                  outprefix=os.path.join(workdir, "start_"))["fwdtransforms"]
+        start = similarity_start(fixed, moving, liver, config.search, workdir)
         return ants.registration(fixed, moving, type_of_transform="SyNOnly", initial_transform=start,
                                  outprefix=os.path.join(workdir, "tx_"), **syn)["fwdtransforms"]
+
+
+def similarity_start(fixed: ants.ANTsImage, moving: ants.ANTsImage, liver: ants.ANTsImage,
+                     search: HeadFootSearch, workdir: str) -> list[str]:
+    """ANTs' similarity map of ``moving`` -> ``fixed`` (from the centres of mass), then shifted
+    head-foot as ``search`` finds best (a transform file list, the last applied first)."""
+    import ants
+
+    start = ants.registration(fixed, moving, type_of_transform="Similarity",
+                              outprefix=os.path.join(workdir, "start_"))["fwdtransforms"]
+    if search.range_mm <= 0:
+        return start
+    query = fixed.numpy()
+
+    def shifted(shift: float) -> list[str]:
+        if shift == 0:
+            return start
+        path = os.path.join(workdir, f"head_foot_{shift:+.1f}.mat")
+        ants.write_transform(ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                                        translation=(0.0, 0.0, shift)), path)
+        return [path, *start]
+
+    def warped(shift: float) -> np.ndarray:
+        return ants.apply_transforms(fixed, liver, shifted(shift), interpolator="linear").numpy() > 0.5
+
+    return shifted(best_shift(query, warped, search))
 
 
 @contextmanager

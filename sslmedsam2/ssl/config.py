@@ -54,7 +54,9 @@ class PseudoLabelConfig:
     deformable registration, what holds across real patients), affine (SimpleITK, fast, what
     holds across sequences) or auto (syn within the labelled sequence, affine across).
     ``atlas_syn_start``: the linear map SyN starts from, similarity (one scale for all axes) or
-    affine (ANTs' own; what the recorded CHAOS SSL figures used).
+    affine (ANTs' own; what the recorded CHAOS SSL figures used). ``atlas_head_foot_search_mm``:
+    from the similarity map, how far up or down the support's liver may be slid to where the
+    query looks like one even organ inside it (``registration.head_foot_search``; 0: off).
     ``atlas_weighting``: within the labelled sequence, each support's vote is weighted voxel by
     voxel by how its warped image matches the query (``registration.local_weighting``; False:
     every support counts the same). ``atlas_intensity``: the atlas's vote is corrected by each
@@ -90,6 +92,7 @@ class PseudoLabelConfig:
     engine: str = "atlas"
     atlas_method: str = "auto"
     atlas_syn_start: str = "similarity"
+    atlas_head_foot_search_mm: float = 150.0
     atlas_weighting: bool = True
     atlas_intensity: bool = True
     checkpoint: Path | None = None
@@ -222,6 +225,9 @@ def check_config(config: SSLConfig) -> None:
     if labels.atlas_syn_start not in SYN_STARTS:
         problems.append(f"pseudo_labels.atlas_syn_start: {labels.atlas_syn_start!r} (choose from "
                         f"{', '.join(SYN_STARTS)})")
+    if labels.atlas_head_foot_search_mm < 0:
+        problems.append(f"pseudo_labels.atlas_head_foot_search_mm: {labels.atlas_head_foot_search_mm} "
+                        "(0 or more; 0 switches the search off)")
     if labels.engine == "sam2" and labels.checkpoint is None:
         problems.append("pseudo_labels.engine = 'sam2' needs pseudo_labels.checkpoint")
     if labels.fusion not in FUSIONS:
@@ -357,6 +363,8 @@ engine = "atlas"                  # atlas | sam2 | none (labelled-only baseline)
 atlas_method = "auto"             # atlas: auto (syn within the labelled sequence, affine across)
                                   # | syn (ANTs deformable, real anatomy) | affine (fast)
 atlas_syn_start = "similarity"    # syn: the linear map it starts from: similarity | affine
+atlas_head_foot_search_mm = 150   # syn, similarity start: slide the support's liver up to this
+                                  # far head-foot to where the query looks like one organ (0: off)
 atlas_weighting = true            # atlas: weight each support by local likeness to the query
 atlas_intensity = true            # atlas: correct the vote by the query's own intensities
 # checkpoint = "weights/sam2/MedSAM2_latest.pt"   # engine = "sam2" only

@@ -166,10 +166,13 @@ def fewshot_engine(config: SSLConfig, supports: list[Support]) -> Engine:
     labels = config.pseudo_labels
     if labels.engine == "atlas":
         from sslmedsam2.engines.atlas import AtlasEngine
+        from sslmedsam2.registration.head_foot_search import HeadFootSearch
         from sslmedsam2.registration.label_propagation import AtlasConfig
         from sslmedsam2.registration.syn import SynConfig
 
-        atlas = AtlasConfig(method=labels.atlas_method, syn=SynConfig(start=labels.atlas_syn_start),
+        syn = SynConfig(start=labels.atlas_syn_start,
+                        search=HeadFootSearch(range_mm=labels.atlas_head_foot_search_mm))
+        atlas = AtlasConfig(method=labels.atlas_method, syn=syn,
                             weighted=labels.atlas_weighting, intensity=labels.atlas_intensity)
         return AtlasEngine(supports, atlas,
                            max_supports=labels.max_supports, origin=str(config.data.train),
