@@ -3,9 +3,9 @@
 Each support image is registered to the query (mutual information, so the query may be another
 sequence on another grid), by one of two methods:
 
-* ``syn``: ANTs' rigid + affine + SyN (:mod:`sslmedsam2.registration.syn`); what holds across
-  real patients, whose livers differ in shape (+0.10 mean Dice over the affine on 14 CHAOS
-  patients, benchmarks/RESULTS.md).
+* ``syn``: ANTs' similarity map, slid head-foot, then SyN (:mod:`sslmedsam2.registration.syn`);
+  what holds across real patients, whose livers differ in shape (+0.10 mean Dice over the
+  affine on 14 CHAOS patients, benchmarks/RESULTS.md).
 * ``affine``: SimpleITK, a moments-centred affine stage, then optionally a B-spline stage; fast,
   and the one that holds across sequences (SyN's deformation lost the liver entirely on a
   GED4-to-T1 test case, where the affine found it).
