@@ -72,8 +72,8 @@ def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image
 
     workdir = tempfile.mkdtemp(prefix="sslmedsam2-syn-")
     try:
-        liver = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), moving, sitk.Transform(),
-                              sitk.sitkLinear)
+        binary = sitk.Cast(mask > 0, sitk.sitkFloat32)
+        liver = sitk.Resample(binary, moving, sitk.Transform(), sitk.sitkLinear)
         transforms = _register(ants.from_sitk(normalised(fixed)), ants.from_sitk(normalised(moving)),
                                config, workdir, ants.from_sitk(liver))
         reference = ants.from_sitk(sitk.Cast(query, sitk.sitkFloat32))
@@ -83,7 +83,7 @@ def warp_support(query: sitk.Image, fixed: sitk.Image, moving: sitk.Image, image
                                            interpolator="linear")
             return sitk.GetArrayFromImage(ants.to_sitk(warped)).astype(np.float32)
 
-        return (np.clip(carried(sitk.Cast(mask > 0, sitk.sitkFloat32)), 0.0, 1.0),
+        return (np.clip(carried(binary), 0.0, 1.0),
                 carried(normalised(image)) if with_image else None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
