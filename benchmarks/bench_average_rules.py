@@ -39,8 +39,8 @@ def weighted(atlas_weight: float) -> Rule:
 
 def gated(threshold: float) -> Rule:
     """The average where the two organs agree (Dice >= threshold); the model's organ alone
-    where they do not (``average``'s ``model_alone_below``)."""
-    return lambda model, atlas: average(model, atlas, model_alone_below=threshold).mask
+    where they do not (``average``'s ``first_alone_below``)."""
+    return lambda model, atlas: average(model, atlas, first_alone_below=threshold).mask
 
 
 RULES: dict[str, Rule] = {

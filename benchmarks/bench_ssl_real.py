@@ -12,7 +12,8 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
 * SSL: few-shot round 0 (the atlas on the L supports), each nnU-Net round, the final model;
   with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
   nnU-Net (copied in, not retrained), and training ignores where they disagree; with --fuse
-  average ("SSL fused-average"), round 0 is the two averaged as an SSL run serves its model; with
+  average ("SSL fused-average"), round 0 is the two averaged as an SSL run serves its model
+  (--fuse average-atlas: the atlas's organ alone where the two part ways, not the model's); with
   --warm-start ("... warm"), each round's nnU-Net starts from the model before it (round 1: the
   labelled-only partner) instead of from scratch; with --labelled-share S ("... share S"), the
   labelled patients are repeated to make about S of each SSL training set; with
@@ -55,9 +56,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-
 SEQUENCE = "T2SPIR"
 #: --fuse: round 0 is the agreement of the atlas and a labelled-only nnU-Net; training ignores
 #: the voxels where they differ (1 bit) and the atlas's own 50/50 boundary. --fuse average: their
-#: mean probability (the engine an SSL run serves), nothing ignored
+#: mean probability (the engine an SSL run serves), nothing ignored; --fuse average-atlas: the
+#: same, the atlas's organ alone where the two part ways
 FUSED = {"agreement": {"fuse_labelled_only": True, "ignore_uncertainty_above": 0.95},
-         "average": {"fuse_labelled_only": True, "fusion": "average"}}
+         "average": {"fuse_labelled_only": True, "fusion": "average"},
+         "average-atlas": {"fuse_labelled_only": True, "fusion": "average-atlas"}}
 log = logging.getLogger("bench_ssl_real")
 
 
@@ -110,7 +113,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fuse", nargs="?", const="agreement", choices=sorted(FUSED), default=None,
                         help="SSL arms (named 'SSL fused', own run folders) start from the agreement "
                              "of the atlas and a labelled-only nnU-Net ('--fuse average': from their "
-                             "average, 'SSL fused-average'); the other arms are shared")
+                             "average, 'SSL fused-average'; '--fuse average-atlas': the same with the "
+                             "atlas alone where the two part ways); the other arms are shared")
     parser.add_argument("--warm-start", action="store_true",
                         help="SSL arms (named '... warm', own run folders) start each round from "
                              "the model before it (loop.warm_start; round 1 from the labelled-only "
@@ -179,7 +183,8 @@ def run_fold(index: int, held_out: list[Support], patients: list[Support],
 def ssl_arm_name(count: int, args: argparse.Namespace) -> tuple[str, str]:
     """The SSL arm's table name and run folder, which differ by variant."""
     name, folder = {None: ("SSL", f"ssl_L{count}"), "agreement": ("SSL fused", f"ssl_fused_L{count}"),
-                    "average": ("SSL fused-average", f"ssl_fusedavg_L{count}")}[args.fuse]
+                    "average": ("SSL fused-average", f"ssl_fusedavg_L{count}"),
+                    "average-atlas": ("SSL fused-average-atlas", f"ssl_fusedavgatlas_L{count}")}[args.fuse]
     if args.warm_start:
         name, folder = f"{name} warm", folder.replace("_L", "_warm_L")
     if args.labelled_share:

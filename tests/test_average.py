@@ -73,11 +73,11 @@ def test_organs_too_unlike_serve_the_model_alone():
     model, atlas = np.zeros((4, 10, 10), np.float32), np.zeros((4, 10, 10), np.float32)
     model[1:3, 1:7, 1:7] = 0.9
     atlas[1:3, 4:10, 4:10] = 0.9  # 9 of 36 voxels shared per slice: Dice 0.25
-    fused = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5), model_alone_below=0.7)
+    fused = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5), first_alone_below=0.7)
     np.testing.assert_array_equal(fused.mask, model > 0.5)
     np.testing.assert_allclose(fused.probability, model)  # the organ already is the whole mask
     assert fused.detail == "test alone (its organ and test's 25% alike by Dice, under 70%)"
-    averaged = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5), model_alone_below=0.2)
+    averaged = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5), first_alone_below=0.2)
     assert averaged.detail.startswith("average of")
     np.testing.assert_array_equal(averaged.mask, (model > 0.5) & (atlas > 0.5))  # where both are sure
 

@@ -305,9 +305,19 @@ def test_averaged_round_zero_labels_as_the_served_engine_would(ssl_data, tmp_pat
     model = fused.first.segment(image, "GED4", query.vendor)
     atlas = fused.second.segment(image, "GED4", query.vendor)
     saved = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "pseudo" / query.case / "GED4.nii.gz")))
-    expected = average(model, atlas, model_alone_below=fused.model_alone_below).mask
+    expected = average(model, atlas, first_alone_below=fused.first_alone_below).mask
     assert (model.mask != atlas.mask).any() and expected.any()
     assert dice(saved > 0, expected > 0) > 0.98
+    # "average-atlas" reuses the same labelled-only model; where the two part ways (forced here)
+    # it keeps the atlas's organ, "average" the model's
+    raw["pseudo_labels"]["fusion"] = "average-atlas"
+    atlas_first = build_config(raw, Path.cwd())
+    swapped = SemiSupervisedRun(atlas_first, tmp_path / "run", progress=False)._round_zero_engine(
+        cases, folder)[0]()
+    for engine, kept in ((fused, model), (swapped, atlas)):
+        engine.first_alone_below = 1.01
+        parted = engine.segment(image, "GED4", query.vendor)
+        assert dice(parted.mask > 0, kept.mask > 0) > 0.98 and "alone" in parted.detail
 
 
 def test_labelled_share_repeats_the_manual_masks_in_every_ssl_training(ssl_data, tmp_path):

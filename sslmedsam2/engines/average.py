@@ -34,17 +34,19 @@ MODEL_ALONE_BELOW = 0.7
 
 class AverageEngine(EnginePair):
     """A model (``first``) and an atlas (``second``) segment every volume; the mask is where their
-    mean probability reaches ``threshold`` (largest component), or the model's organ alone where
-    the two organs are less alike than ``model_alone_below``. Each must return a probability."""
+    mean probability reaches ``threshold`` (largest component), or ``first``'s organ alone where
+    the two organs are less alike than ``first_alone_below``. Each must return a probability.
+    Round 0 may put the atlas first: a model trained on one labelled patient is the one that
+    fails there (``pseudo_labels.fusion = "average-atlas"``)."""
 
     name = "average"
 
     def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5,
                  sequences: tuple[str, ...] | None = None,
-                 model_alone_below: float | None = MODEL_ALONE_BELOW) -> None:
+                 first_alone_below: float | None = MODEL_ALONE_BELOW) -> None:
         super().__init__(model, atlas)
         self.threshold = threshold
-        self.model_alone_below = model_alone_below
+        self.first_alone_below = first_alone_below
         #: the sequences averaged (None: any both engines serve)
         self.sequences = sequences
 
@@ -66,25 +68,25 @@ class AverageEngine(EnginePair):
         return super().missing(sequence)
 
     def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
-        return average(a, b, self.threshold, self.model_alone_below)
+        return average(a, b, self.threshold, self.first_alone_below)
 
 
 def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
-            model_alone_below: float | None = None) -> Segmentation:
+            first_alone_below: float | None = None) -> Segmentation:
     """The largest component where the mean of two engines' liver probabilities reaches
     ``threshold``; its binary entropy is the uncertainty. Each probability first takes the side of
     its engine's organ (``on_the_mask_side``). Where the two organs are less alike by Dice than
-    ``model_alone_below``, ``a``'s organ is served alone: one of them failed, and on the benchmark
-    the model alone then did at least as well as the average."""
+    ``first_alone_below``, ``a``'s organ is served alone: one of them failed, and on the benchmark
+    the model alone then did at least as well as the average (the model as ``a``)."""
     for own in (a, b):
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
     organs, alike = organs_alike(a.mask, b.mask)
-    if model_alone_below is not None and alike < model_alone_below:
+    if first_alone_below is not None and alike < first_alone_below:
         sided = _sided(a.probability, organs[0])
         detail = (f"{a.detail} alone (its organ and {b.detail}'s {alike:.0%} alike by Dice, "
-                  f"under {model_alone_below:.0%})")
+                  f"under {first_alone_below:.0%})")
     else:
         sided = (_sided(a.probability, organs[0]) + _sided(b.probability, organs[1])) / 2
         detail = f"average of {a.detail} and {b.detail} (organs {alike:.0%} alike by Dice)"

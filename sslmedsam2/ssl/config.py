@@ -22,7 +22,7 @@ from sslmedsam2.training.supervised import PROFILES, TrainingProfile
 
 ENGINES = ("atlas", "sam2", "none")
 #: how ``fuse_labelled_only`` joins the few-shot engine and the labelled-only nnU-Net in round 0
-FUSIONS = ("agreement", "average")
+FUSIONS = ("agreement", "average", "average-atlas")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,10 @@ class PseudoLabelConfig:
     ``engines.agreement``); with ``fusion = "average"`` it keeps where their mean probability
     reaches one half instead, the nnU-Net's organ alone where the two organs differ outright
     (``engines.average``, the engine an SSL run serves; on real patients with one label +0.023
-    over the default in one fold, -0.076 in the other: benchmarks/RESULTS.md, attempt 13).
+    over the default in one fold, -0.076 in the other: benchmarks/RESULTS.md, attempt 13);
+    ``fusion = "average-atlas"`` serves the few-shot engine's organ alone there instead: a model
+    trained on one patient is the engine that fails outright (the dark liver, patient 15, in
+    attempts 13 and 19).
     Whole cases are dropped when their pseudo label is empty, smaller than ``min_volume_ml``, or
     has more than ``max_components`` connected components of at least 1 ml and a tenth of its
     volume each (None: no limit).
@@ -375,7 +378,8 @@ ignore_uncertainty_above = 0      # bits (0..1); voxels above become nnU-Net's i
 fuse_labelled_only = false        # round 0: keep the liver where the few-shot engine and an nnU-Net
                                   # on the labelled cases agree (their disagreement: 1 bit)
 fusion = "agreement"              # with fuse_labelled_only: agreement | average (their mean
-                                  # probability, as the served engine)
+                                  # probability, as the served engine) | average-atlas (the same,
+                                  # the atlas alone where the two part ways)
 labelled_share = 0.5              # labelled cases repeated to make about this share of a
                                   # training set with pseudo labels (0: each once, the paper)
 min_volume_ml = 50.0              # drop cases whose pseudo label is smaller

@@ -6,7 +6,8 @@ Per sequence, under ``<run>/<SEQ>/``:
   with uncertainty maps. Supports are the labelled cases (CARE: the labelled GED4 cases, also for
   T1/T2/DWI queries). With ``fuse_labelled_only``, an nnU-Net trained here on the labelled cases
   labels them too, and only the liver both agree on is kept (``engines.agreement``), or with
-  ``fusion = "average"`` where their mean probability reaches one half (``engines.average``).
+  ``fusion = "average"`` where their mean probability reaches one half (``engines.average``;
+  ``"average-atlas"``: the few-shot engine's organ alone where the two part ways).
 * ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
   labels of the previous round; its fold ensemble predicts every unlabelled case with
   probabilities, which become this round's pseudo labels and uncertainty maps. It also segments
@@ -332,6 +333,9 @@ class SemiSupervisedRun:
         if self.config.pseudo_labels.fusion == "average":
             return (partial(AverageEngine.of, partner, self._fewshot),
                     f"labelled-only nnU-Net averaged with {name}")
+        if self.config.pseudo_labels.fusion == "average-atlas":
+            return (partial(AverageEngine.of, self._fewshot, partner),
+                    f"{name} averaged with labelled-only nnU-Net, {name} alone where they part")
         return partial(AgreementEngine.of, self._fewshot, partner), f"{name} + labelled-only nnU-Net"
 
     def _round(self, cases: SequenceCases, number: int) -> StepRecord:
