@@ -321,8 +321,9 @@ class SemiSupervisedRun:
         return write_record(folder, record)
 
     def _round_zero_engine(self, cases: SequenceCases, folder: Path) -> tuple[EngineRecipe, str]:
-        """The few-shot engine, or (``fuse_labelled_only``) its agreement with an nnU-Net trained
-        here on the labelled cases alone."""
+        """The few-shot engine, or (``fuse_labelled_only``) that engine fused with an nnU-Net trained
+        here on the labelled cases alone: their agreement, or their average (``fusion``), which keeps
+        the model's organ (``average``) or the few-shot engine's (``average-atlas``) where they part."""
         name = self.config.pseudo_labels.engine
         if not self.config.pseudo_labels.fuse_labelled_only:
             return self._fewshot, name
