@@ -7,7 +7,8 @@ label the mean of their two liver probabilities, thresholded at one half, beat t
 on Dice in four folds of six and on HD95 in five (``benchmarks/RESULTS.md``, attempt 8). It
 costs a registration per case on top of the model. Where the two organs are far apart (Dice under
 ``MODEL_ALONE_BELOW``) one engine failed outright, and on the benchmark the average then fell
-below the model alone: the model's organ is served alone there (attempt 12). An SSL run's weights
+below the model alone: the model's organ is served alone there (attempt 12), unless it is a small
+fraction of the atlas's, a liver the model did not find (attempt 20). An SSL run's weights
 ask for the average (``loop.serve_average``, on by default; the manifest's ``engines``), and only
 for the supports' own sequence: another sequence's atlas is affine and was never measured averaged.
 """
@@ -30,12 +31,17 @@ from sslmedsam2.postprocess import binary_entropy, component_most_like, largest_
 #: label, the average then fell below the model where a single support registered badly
 #: (benchmarks/RESULTS.md, attempt 12)
 MODEL_ALONE_BELOW = 0.7
+#: where the two part ways, an organ under this share of the other's size is a liver its engine
+#: did not find, not one it found better: the dark liver of attempt 20, where the model's organ was
+#: a fifth of the atlas's. The 14 CHAOS livers differ in size by less than 2x.
+SMALLER_FAILED_BELOW = 1 / 3
 
 
 class AverageEngine(EnginePair):
     """A model (``first``) and an atlas (``second``) segment every volume; the mask is where their
     mean probability reaches ``threshold`` (largest component), or ``first``'s organ alone where
-    the two organs are less alike than ``first_alone_below``. Each must return a probability.
+    the two organs are less alike than ``first_alone_below`` (``second``'s where ``first``'s is far
+    the smaller). Each must return a probability.
     Round 0 may put the atlas first: a model trained on one labelled patient is the one that
     fails there (``pseudo_labels.fusion = "average-atlas"``)."""
 
@@ -72,26 +78,36 @@ class AverageEngine(EnginePair):
 
 
 def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
-            first_alone_below: float | None = None) -> Segmentation:
+            first_alone_below: float | None = None,
+            smaller_failed_below: float = SMALLER_FAILED_BELOW) -> Segmentation:
     """The largest component where the mean of two engines' liver probabilities reaches
     ``threshold``; its binary entropy is the uncertainty. Each probability first takes the side of
     its engine's organ (``on_the_mask_side``). Where the two organs are less alike by Dice than
-    ``first_alone_below``, ``a``'s organ is served alone: one of them failed, and on the benchmark
-    the model alone then did at least as well as the average (the model as ``a``)."""
+    ``first_alone_below``, one of them failed and one organ is served alone: ``a``'s (on the
+    benchmark the model alone then did at least as well as the average, the model as ``a``),
+    unless it is under ``smaller_failed_below`` of ``b``'s size."""
     for own in (a, b):
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
     organs, alike = organs_alike(a.mask, b.mask)
     if first_alone_below is not None and alike < first_alone_below:
-        sided = _sided(a.probability, organs[0])
-        detail = (f"{a.detail} alone (its organ and {b.detail}'s {alike:.0%} alike by Dice, "
-                  f"under {first_alone_below:.0%})")
+        sided, detail = _one_organ_alone(a, b, organs, smaller_failed_below)
+        detail += f" ({alike:.0%} alike by Dice, under {first_alone_below:.0%})"
     else:
         sided = (_sided(a.probability, organs[0]) + _sided(b.probability, organs[1])) / 2
         detail = f"average of {a.detail} and {b.detail} (organs {alike:.0%} alike by Dice)"
     return Segmentation(largest_component(sided >= threshold), detail, binary_entropy(sided),
                         device=a.device, precision=a.precision, probability=sided)
+
+
+def _one_organ_alone(a: Segmentation, b: Segmentation, organs: tuple[np.ndarray, np.ndarray],
+                     smaller_failed_below: float) -> tuple[np.ndarray, str]:
+    """``a``'s organ on its own probability, or ``b``'s where ``a``'s is far the smaller."""
+    if organs[0].sum() >= smaller_failed_below * organs[1].sum():
+        return _sided(a.probability, organs[0]), f"{a.detail} alone"
+    return (_sided(b.probability, organs[1]),
+            f"{b.detail} alone, {a.detail}'s organ under {smaller_failed_below:.0%} of its size")
 
 
 def organs_alike(a: np.ndarray, b: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], float]:
