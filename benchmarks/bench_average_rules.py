@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslmedsam2.engines.average import average, on_the_mask_side, organs_alike
+from sslmedsam2.engines.average import SMALLER_FAILED_BELOW, average, on_the_mask_side, organs_alike
 from sslmedsam2.engines.base import Segmentation
 from sslmedsam2.evaluation.metrics import dice
 from sslmedsam2.postprocess import component_most_like, largest_component
@@ -37,10 +37,12 @@ def weighted(atlas_weight: float) -> Rule:
     return rule
 
 
-def gated(threshold: float) -> Rule:
-    """The average where the two organs agree (Dice >= threshold); the model's organ alone
-    where they do not (``average``'s ``first_alone_below``)."""
-    return lambda model, atlas: average(model, atlas, first_alone_below=threshold).mask
+def gated(threshold: float, smaller_failed_below: float = SMALLER_FAILED_BELOW) -> Rule:
+    """The average where the two organs agree (Dice >= threshold); where they do not, the
+    model's organ alone (``average``'s ``first_alone_below``), or the atlas's where the model's
+    is under ``smaller_failed_below`` of its size (0: never)."""
+    return lambda model, atlas: average(model, atlas, first_alone_below=threshold,
+                                        smaller_failed_below=smaller_failed_below).mask
 
 
 RULES: dict[str, Rule] = {
@@ -49,6 +51,7 @@ RULES: dict[str, Rule] = {
     "atlas": lambda model, atlas: largest_component(atlas.mask),
     **{f"average, atlas weight {w}": weighted(w) for w in (0.5, 0.4, 0.3)},
     **{f"gated at {t}": gated(t) for t in (0.7, 0.75, 0.8, 0.85)},
+    "gated at 0.7, the model's organ whatever its size": gated(0.7, 0.0),
 }
 
 
