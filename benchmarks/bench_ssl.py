@@ -69,7 +69,8 @@ def arm(name: str, train: Path, engine: str, args: argparse.Namespace, data_root
                  "holdout_images": str(data_root / "test" / "input"),
                  "holdout_labels": str(data_root / "ground_truth" / "test")},
         # one labelled case per vendor: the atlas fuses all three supports for every query
-        "pseudo_labels": {"engine": engine, "same_vendor_supports": False,
+        # and round 0 from the atlas alone, as the figures were recorded (no labelled-only partner)
+        "pseudo_labels": {"engine": engine, "same_vendor_supports": False, "fuse_labelled_only": False,
                           **({"ignore_uncertainty_above": args.ignore} if args.ignore else {})},
         "intermediate": schedule,
         "final": schedule,

@@ -9,8 +9,8 @@ rest are unlabelled. Arms per fold, all with the same nnU-Net schedule, through 
 library entry point of ``sslmedsam2 train``), each in its own resumable run folder:
 
 * labelled-only: nnU-Net on the L labelled patients (``engine = none``);
-* SSL: few-shot round 0 (the atlas on the L supports), each nnU-Net round, the final model;
-  with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
+* SSL: few-shot round 0 (the atlas alone on the L supports, ``fuse_labelled_only = false``),
+  each nnU-Net round, the final model; with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
   nnU-Net (copied in, not retrained), and training ignores where they disagree; with --fuse
   average ("SSL fused-average"), round 0 is the two averaged as an SSL run serves its model
   (--fuse average-atlas: the atlas's organ alone where the two part ways, not the model's); with
@@ -114,7 +114,8 @@ def parse_args() -> argparse.Namespace:
                         help="SSL arms (named 'SSL fused', own run folders) start from the agreement "
                              "of the atlas and a labelled-only nnU-Net ('--fuse average': from their "
                              "average, 'SSL fused-average'; '--fuse average-atlas': the same with the "
-                             "atlas alone where the two part ways); the other arms are shared")
+                             "atlas alone where the two part ways: the library's default round "
+                             "0); the other arms are shared")
     parser.add_argument("--warm-start", action="store_true",
                         help="SSL arms (named '... warm', own run folders) start each round from "
                              "the model before it (loop.warm_start; round 1 from the labelled-only "
@@ -242,10 +243,15 @@ def arm(run_dir: Path, train: Path, holdout: Path, engine: str,
 
 
 def ssl_variant(engine: str, args: argparse.Namespace) -> dict:
-    """The pseudo-label settings an SSL arm's variant sets (none for labelled-only arms)."""
+    """The pseudo-label settings an SSL arm's variant sets. Without --fuse the atlas alone makes
+    round 0, as the arms were recorded before fusing became the library's default (``--fuse
+    average-atlas`` is that default); labelled-only arms, which have no round 0, record the same
+    and so resume the run folders made before."""
+    no_fusion = {"fuse_labelled_only": False, "fusion": "agreement"}  # the defaults before
     if engine == "none":
-        return {}
-    settings = {**(FUSED[args.fuse] if args.fuse else {}), "labelled_share": args.labelled_share}
+        return no_fusion
+    fused = FUSED[args.fuse] if args.fuse else no_fusion
+    settings = {**fused, "labelled_share": args.labelled_share}
     if args.ignore_uncertainty_above is not None:
         settings["ignore_uncertainty_above"] = args.ignore_uncertainty_above
     return settings

@@ -31,7 +31,10 @@ def _config(dataset, tmp_path: Path, **loop):
     raw = {"data": {"train": str(dataset.train_dir), "sequences": ["GED4"],
                     "holdout_images": str(dataset.test_input_dir),
                     "holdout_labels": str(dataset.ground_truth_dir / "test")},
-           "pseudo_labels": {"engine": "atlas", "atlas_method": "affine", "max_components": 0},
+           # round 0 from the atlas alone: a fused round 0 would train the labelled-only model
+           # the choice compares against (test_ssl.py's fused tests)
+           "pseudo_labels": {"engine": "atlas", "atlas_method": "affine", "max_components": 0,
+                             "fuse_labelled_only": False},
            "intermediate": TINY, "final": TINY,
            "loop": {"max_rounds": 1, "device": "cpu", **loop}}
     return build_config(raw, tmp_path)
@@ -92,7 +95,7 @@ def test_one_labelled_case_exports_ssl_unchecked(tmp_path):
                                       labelled_per_vendor=1, seed=4, vendors=("A",)),
                         progress=False)
     raw = {"data": {"train": str(data.train_dir)}, "pseudo_labels": {"engine": "atlas",
-           "atlas_method": "affine", "max_components": 0},
+           "atlas_method": "affine", "max_components": 0, "fuse_labelled_only": False},
            "intermediate": TINY, "final": TINY, "loop": {"max_rounds": 1, "device": "cpu"}}
     result = run_ssl(build_config(raw, tmp_path), tmp_path / "run", progress=False)
     choice = json.loads((result.report_dir / "export_choice.json").read_text())[0]

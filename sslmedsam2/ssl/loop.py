@@ -4,10 +4,11 @@ Per sequence, under ``<run>/<SEQ>/``:
 
 * ``round_00``: pseudo labels of every unlabelled case from a few-shot engine (atlas or SAM2),
   with uncertainty maps. Supports are the labelled cases (CARE: the labelled GED4 cases, also for
-  T1/T2/DWI queries). With ``fuse_labelled_only``, an nnU-Net trained here on the labelled cases
-  labels them too, and only the liver both agree on is kept (``engines.agreement``), or with
-  ``fusion = "average"`` where their mean probability reaches one half (``engines.average``;
-  ``"average-atlas"``: the few-shot engine's organ alone where the two part ways).
+  T1/T2/DWI queries). With ``fuse_labelled_only`` (the default), an nnU-Net trained here on the
+  sequence's labelled cases labels them too, and the two are averaged (``engines.average``): the
+  liver where their mean probability reaches one half, the few-shot engine's organ alone where
+  the two part ways (``fusion = "average-atlas"``; ``"average"``: the nnU-Net's organ there;
+  ``"agreement"``: only the liver both agree on, ``engines.agreement``).
 * ``round_NN`` (1..max_rounds): nnU-Net (``intermediate`` schedule) on labelled + kept pseudo
   labels of the previous round; its fold ensemble predicts every unlabelled case with
   probabilities, which become this round's pseudo labels and uncertainty maps. It also segments
@@ -323,9 +324,10 @@ class SemiSupervisedRun:
     def _round_zero_engine(self, cases: SequenceCases, folder: Path) -> tuple[EngineRecipe, str]:
         """The few-shot engine, or (``fuse_labelled_only``) that engine fused with an nnU-Net trained
         here on the labelled cases alone: their agreement, or their average (``fusion``), which keeps
-        the model's organ (``average``) or the few-shot engine's (``average-atlas``) where they part."""
+        the model's organ (``average``) or the few-shot engine's (``average-atlas``) where they part.
+        A sequence without labels of its own (T1 from GED4 supports) has no partner to train."""
         name = self.config.pseudo_labels.engine
-        if not self.config.pseudo_labels.fuse_labelled_only:
+        if not self.config.pseudo_labels.fuse_labelled_only or not cases.labelled:
             return self._fewshot, name
         record = StepRecord(sequence=cases.sequence, step="round_00", seconds=0.0, engine="nnunet")
         model, profile = self._train(cases, None, folder / "labelled_only", self.config.intermediate,
