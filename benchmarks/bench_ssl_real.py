@@ -10,10 +10,11 @@ library entry point of ``sslmedsam2 train``), each in its own resumable run fold
 
 * labelled-only: nnU-Net on the L labelled patients (``engine = none``);
 * SSL: few-shot round 0 (the atlas alone on the L supports, ``fuse_labelled_only = false``),
-  each nnU-Net round, the final model; with --fuse ("SSL fused"), round 0 is the agreement of the atlas and the labelled-only arm's
-  nnU-Net (copied in, not retrained), and training ignores where they disagree; with --fuse
-  average ("SSL fused-average"), round 0 is the two averaged as an SSL run serves its model
-  (--fuse average-atlas: the atlas's organ alone where the two part ways, not the model's); with
+  each nnU-Net round, the final model; with --fuse ("SSL fused"), round 0 is the agreement of
+  the atlas and the labelled-only arm's nnU-Net (copied in, not retrained), and training ignores
+  where they disagree; with --fuse average ("SSL fused-average"), round 0 is the two averaged as
+  an SSL run serves its model (--fuse average-atlas, the library's default round 0: the atlas's
+  organ alone where the two part ways, not the model's); with
   --warm-start ("... warm"), each round's nnU-Net starts from the model before it (round 1: the
   labelled-only partner) instead of from scratch; with --labelled-share S ("... share S"), the
   labelled patients are repeated to make about S of each SSL training set; with

@@ -123,3 +123,23 @@ def test_dry_run_and_the_checkpoint_the_protocol_needs(care, tmp_path):
     assert "validation ground truth" in result.stderr and "sequences: GED4 3, T1 3" in result.stderr
     assert "round 0 pseudo labels" in result.stderr and "stands in" not in result.stderr
     assert not work.exists()
+
+
+def test_the_estimate_counts_a_fused_round_zero_partner():
+    """With ``fuse_labelled_only`` round 0 also trains nnU-Net on the labelled cases and predicts
+    the unlabelled ones: the estimate's round 0 grows by exactly that, the other steps do not."""
+    from sslmedsam2.datasets.care_check import RootReport
+    from sslmedsam2.ssl.config import load_config
+    from sslmedsam2.ssl.reproduce import CPU_COSTS, estimate
+
+    train = RootReport(Path("train"), "training",
+                       vendors={f"{n:04d}-A": "A" for n in range(8)}, labelled=["0000-A", "0001-A"])
+    val = RootReport(Path("val"), "validation", vendors={"0100-A": "A"})
+    overrides = {"data.train": "train", "pseudo_labels.engine": "atlas"}
+    alone = estimate(load_config(PROTOCOL, overrides), train, val, CPU_COSTS)
+    fused = estimate(load_config(PROTOCOL, {**overrides, "pseudo_labels.fuse_labelled_only": True}),
+                     train, val, CPU_COSTS)
+    # the paper's schedule on two labelled cases: one fold ("all"), 1000 x 250 iterations
+    partner_s = 1000 * 250 * CPU_COSTS.iteration_s + 6 * CPU_COSTS.predict_fold_s
+    assert fused[0].estimate_s == pytest.approx(alone[0].estimate_s + partner_s)
+    assert [s.estimate_s for s in fused[1:]] == [s.estimate_s for s in alone[1:]]

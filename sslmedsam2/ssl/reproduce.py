@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,8 +135,8 @@ def estimate(config: SSLConfig, train: RootReport, val: RootReport, costs: CostF
     def waves(tasks: int) -> int:
         return math.ceil(tasks / workers)
 
-    steps = [Step("round 0 pseudo labels",
-                  len(sequences) * waves(unlabelled) * costs.query_s[engine])]
+    steps = [Step("round 0 pseudo labels", len(sequences) * waves(unlabelled) * costs.query_s[engine]
+                  + _fused_partner_s(config, labelled, unlabelled, costs, waves))]
     rounds = config.loop.max_rounds if engine != "none" else 0
     inter = config.intermediate.resolve(labelled + unlabelled)
     for number in range(1, rounds + 1):
@@ -152,6 +153,18 @@ def estimate(config: SSLConfig, train: RootReport, val: RootReport, costs: CostF
     steps.append(Step("validation predictions", len(val.vendors) * len(sequences) * len(final.folds)
                       * costs.predict_fold_s))
     return steps
+
+
+def _fused_partner_s(config: SSLConfig, labelled: int, unlabelled: int, costs: CostFigures,
+                     waves: Callable[[int], int]) -> float:
+    """Round 0's labelled-only nnU-Net (``fuse_labelled_only``): trained on the labelled cases of
+    the one sequence that has labels, then predicting its unlabelled cases."""
+    if not config.pseudo_labels.fuse_labelled_only or not unlabelled or not labelled:
+        return 0.0
+    partner = config.intermediate.resolve(labelled)
+    fold_s = partner.epochs * partner.iterations_per_epoch * costs.iteration_s
+    return (waves(len(partner.folds)) * fold_s
+            + waves(unlabelled) * len(partner.folds) * costs.predict_fold_s)
 
 
 def reproduce(settings: ReproduceSettings) -> Reproduction:
