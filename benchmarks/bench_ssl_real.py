@@ -59,7 +59,8 @@ SEQUENCE = "T2SPIR"
 #: the voxels where they differ (1 bit) and the atlas's own 50/50 boundary. --fuse average: their
 #: mean probability (the engine an SSL run serves), nothing ignored; --fuse average-atlas: the
 #: same, the atlas's organ alone where the two part ways
-FUSED = {"agreement": {"fuse_labelled_only": True, "ignore_uncertainty_above": 0.95},
+FUSED = {"agreement": {"fuse_labelled_only": True, "fusion": "agreement",
+                       "ignore_uncertainty_above": 0.95},
          "average": {"fuse_labelled_only": True, "fusion": "average"},
          "average-atlas": {"fuse_labelled_only": True, "fusion": "average-atlas"}}
 log = logging.getLogger("bench_ssl_real")

@@ -266,8 +266,8 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
     from sslmedsam2.ssl.loop import SemiSupervisedRun, gather_cases
 
     # the affine atlas (seeded sampling) registers a pair the same way twice; SyN's threads do not
-    raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "min_volume_ml": 1,
-                                              "ignore_uncertainty_above": 0.95,
+    raw = raw_config(ssl_data, pseudo_labels={"fuse_labelled_only": True, "fusion": "agreement",
+                                              "min_volume_ml": 1, "ignore_uncertainty_above": 0.95,
                                               "atlas_method": "affine"},
                      intermediate={"epochs": 10}, final={"epochs": 10}, loop={"max_rounds": 0})
     config = build_config(raw, Path.cwd())
