@@ -327,7 +327,7 @@ class SemiSupervisedRun:
         the model's organ (``average``) or the few-shot engine's (``average-atlas``) where they part.
         A sequence without labels of its own (T1 from GED4 supports) has no partner to train."""
         name = self.config.pseudo_labels.engine
-        if not self.config.pseudo_labels.fuse_labelled_only or not cases.labelled:
+        if not self._fuses(cases):
             return self._fewshot, name
         record = StepRecord(sequence=cases.sequence, step="round_00", seconds=0.0, engine="nnunet")
         model, profile = self._train(cases, None, folder / "labelled_only", self.config.intermediate,
@@ -340,6 +340,10 @@ class SemiSupervisedRun:
             return (partial(AverageEngine.of, self._fewshot, partner),
                     f"{name} averaged with labelled-only nnU-Net, {name} alone where they part")
         return partial(AgreementEngine.of, self._fewshot, partner), f"{name} + labelled-only nnU-Net"
+
+    def _fuses(self, cases: SequenceCases) -> bool:
+        """Whether round 0 trains a labelled-only partner for this sequence (it needs labels)."""
+        return self.config.pseudo_labels.fuse_labelled_only and bool(cases.labelled)
 
     def _round(self, cases: SequenceCases, number: int) -> StepRecord:
         step = f"round_{number:02d}"
@@ -375,7 +379,7 @@ class SemiSupervisedRun:
         if number > 1:
             previous = read_record(self.step_dir(cases.sequence, f"round_{number - 1:02d}"))
             return Path(previous.model) if previous and previous.model else None
-        if not self.config.pseudo_labels.fuse_labelled_only:
+        if not self._fuses(cases):
             return None
         partner = trained_model_folder(
             self.step_dir(cases.sequence, "round_00") / "labelled_only" / "nnunet",
@@ -447,8 +451,7 @@ class SemiSupervisedRun:
         """Where the labelled-only model trains: in round 0's folder when the fused round 0
         trained the same model there (same cases, same schedule), which is then found finished."""
         count = len(cases.labelled)
-        if (self.config.pseudo_labels.fuse_labelled_only
-                and self.config.final.resolve(count) == self.config.intermediate.resolve(count)):
+        if self._fuses(cases) and self.config.final.resolve(count) == self.config.intermediate.resolve(count):
             return self.step_dir(cases.sequence, "round_00") / "labelled_only"
         return folder
 
