@@ -8,7 +8,8 @@ on Dice in four folds of six and on HD95 in five (``benchmarks/RESULTS.md``, att
 costs a registration per case on top of the model. Where the two organs are far apart (Dice under
 ``MODEL_ALONE_BELOW``) one engine failed outright, and on the benchmark the average then fell
 below the model alone: the model's organ is served alone there (attempt 12), unless it is a small
-fraction of the atlas's, a liver the model did not find (attempt 20). An SSL run's weights
+fraction of the atlas's, a liver the model did not find (attempt 20); where the two barely overlap
+they found different objects, and the atlas's is served (attempt 24). An SSL run's weights
 ask for the average (``loop.serve_average``, on by default; the manifest's ``engines``), and only
 for the supports' own sequence: another sequence's atlas is affine and was never measured averaged.
 """
@@ -35,13 +36,19 @@ MODEL_ALONE_BELOW = 0.7
 #: did not find, not one it found better: the dark liver of attempt 20, where the model's organ was
 #: a fifth of the atlas's. The 14 CHAOS livers differ in size by less than 2x.
 SMALLER_FAILED_BELOW = 1 / 3
+#: organs this unlike are two different objects, not one liver drawn twice, and the atlas's is
+#: served: registration from a labelled liver lands on the liver (its worst one-support label of
+#: 14 CHAOS patients scored 0.58 Dice since few-shot attempt 8), while a model can find a
+#: liver-sized object elsewhere, as on the dark liver at the default schedule (attempt 24)
+DIFFERENT_OBJECTS_BELOW = 0.2
 
 
 class AverageEngine(EnginePair):
     """A model (``first``) and an atlas (``second``) segment every volume; the mask is where their
     mean probability reaches ``threshold`` (largest component), or ``first``'s organ alone where
     the two organs are less alike than ``first_alone_below`` (``second``'s where ``first``'s is far
-    the smaller). Each must return a probability.
+    the smaller), and ``second``'s where they are less alike than ``second_alone_below`` (two
+    different objects; the served engine's atlas). Each must return a probability.
     Round 0 may put the atlas first: a model trained on one labelled patient is the one that
     fails there (``pseudo_labels.fusion = "average-atlas"``)."""
 
@@ -49,10 +56,12 @@ class AverageEngine(EnginePair):
 
     def __init__(self, model: Engine, atlas: Engine, threshold: float = 0.5,
                  sequences: tuple[str, ...] | None = None,
-                 first_alone_below: float | None = MODEL_ALONE_BELOW) -> None:
+                 first_alone_below: float | None = MODEL_ALONE_BELOW,
+                 second_alone_below: float | None = None) -> None:
         super().__init__(model, atlas)
         self.threshold = threshold
         self.first_alone_below = first_alone_below
+        self.second_alone_below = second_alone_below
         #: the sequences averaged (None: any both engines serve)
         self.sequences = sequences
 
@@ -62,7 +71,7 @@ class AverageEngine(EnginePair):
         supports' sequence."""
         atlas = AtlasEngine.from_weights(weights_dir, options)
         return cls(NnUNetEngine(weights_dir, options, with_uncertainty=True), atlas,
-                   sequences=(atlas.support_sequence,))
+                   sequences=(atlas.support_sequence,), second_alone_below=DIFFERENT_OBJECTS_BELOW)
 
     def can_segment(self, sequence: str) -> bool:
         averaged = self.sequences is None or sequence in self.sequences
@@ -74,24 +83,31 @@ class AverageEngine(EnginePair):
         return super().missing(sequence)
 
     def combine(self, a: Segmentation, b: Segmentation) -> Segmentation:
-        return average(a, b, self.threshold, self.first_alone_below)
+        return average(a, b, self.threshold, self.first_alone_below,
+                       second_alone_below=self.second_alone_below)
 
 
 def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
             first_alone_below: float | None = None,
-            smaller_failed_below: float = SMALLER_FAILED_BELOW) -> Segmentation:
+            smaller_failed_below: float = SMALLER_FAILED_BELOW,
+            second_alone_below: float | None = None) -> Segmentation:
     """The largest component where the mean of two engines' liver probabilities reaches
     ``threshold``; its binary entropy is the uncertainty. Each probability first takes the side of
     its engine's organ (``on_the_mask_side``). Where the two organs are less alike by Dice than
     ``first_alone_below``, one of them failed and one organ is served alone: ``a``'s (on the
     benchmark the model alone then did at least as well as the average, the model as ``a``),
-    unless it is under ``smaller_failed_below`` of ``b``'s size."""
+    unless it is under ``smaller_failed_below`` of ``b``'s size. Under ``second_alone_below`` the
+    two found different objects and ``b``'s organ is served, unless it is the far smaller."""
     for own in (a, b):
         if own.probability is None:
             raise EngineUnavailableError(f"averaging needs a liver probability; {own.detail} "
                                          "returned a mask only")
     organs, alike = organs_alike(a.mask, b.mask)
-    if first_alone_below is not None and alike < first_alone_below:
+    if second_alone_below is not None and alike < second_alone_below:
+        sided, detail = _one_organ_alone(b, a, organs[::-1], smaller_failed_below)
+        detail += (f" ({alike:.0%} alike by Dice with {a.detail}, under {second_alone_below:.0%}: "
+                   "different objects)")
+    elif first_alone_below is not None and alike < first_alone_below:
         sided, detail = _one_organ_alone(a, b, organs, smaller_failed_below)
         detail += f" ({alike:.0%} alike by Dice, under {first_alone_below:.0%})"
     else:
