@@ -4,7 +4,10 @@ Per fold, ``AverageEngine`` is built from what an SSL arm exported (``<arm>_L<n>
 ``ssl_L1`` or ``ssl_share0.5_L1``: its final
 nnU-Net, and its labelled patients as atlas supports), exactly as ``process.py --engines average``
 builds it, and segments the fold's held-out patients. Prints per fold the held-out Dice and HD95 of
-the model alone, the atlas alone and their average (one pass: the two engines' own probabilities),
+the model alone, the atlas alone and their average with either engine first where the two part
+(``model first``: the model's organ alone, the atlas's where they are different objects; ``atlas
+first``: the atlas's organ alone, round 0's rule) and ``served``, the one of the two the weights ask
+for (``UNTAUGHT_BELOW``), all from one pass of the two engines,
 beside the labelled-only control the benchmark trained in the same fold (``labelled_only_L<n>``),
 and writes the per-patient figures to --json (folds already in that file and not scored now are
 kept, so folds trained in different sessions end in one file). Trains nothing; about a minute per
@@ -25,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sslmedsam2.engines.average import AverageEngine
+from sslmedsam2.engines.atlas import AtlasEngine
+from sslmedsam2.engines.average import DIFFERENT_OBJECTS_BELOW, MODEL_ALONE_BELOW, AverageEngine, average
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import read_volume
@@ -33,7 +37,7 @@ from sslmedsam2.orientation import segment_in_orientation
 from sslmedsam2.postprocess import largest_component
 
 SEQUENCE = "T2SPIR"
-ARMS = ("model", "atlas", "average")
+ARMS = ("model", "atlas", "model first", "atlas first", "served")
 
 
 def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
@@ -42,6 +46,10 @@ def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str,
     of combining the engines can be scored without segmenting again (``bench_average_rules.py``)."""
     engine = AverageEngine.from_weights(weights, RuntimeOptions(device="cpu"))
     engine.load(SEQUENCE)
+    atlas_first = isinstance(engine.first, AtlasEngine)
+    model_engine, atlas_engine = ((engine.second, engine.first) if atlas_first
+                                  else (engine.first, engine.second))
+    print(f"  {fold.name}: the weights serve the {'atlas' if atlas_first else 'model'} first", flush=True)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for image_path in sorted((fold / "holdout").glob("*_image.nii.gz")):
         case = image_path.name.removesuffix("_image.nii.gz")
@@ -49,14 +57,18 @@ def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str,
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "holdout" / f"{case}_liver.nii.gz"))) > 0
         start = time.perf_counter()
         # in the orientation the model was trained in, as the loop and process.py call engines
-        model = segment_in_orientation(engine.first, image, SEQUENCE, None)
+        model = segment_in_orientation(model_engine, image, SEQUENCE, None)
         middle = time.perf_counter()
-        atlas = segment_in_orientation(engine.second, image, SEQUENCE, None)
+        atlas = segment_in_orientation(atlas_engine, image, SEQUENCE, None)
         end = time.perf_counter()
-        seconds = {"model": middle - start, "atlas": end - middle, "average": end - start}
+        seconds = {"model": middle - start, "atlas": end - middle}
         # largest components, as the loop's held-out predictions and process.py keep them
         masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask),
-                 "average": engine.combine(model, atlas).mask}
+                 "model first": average(model, atlas, first_alone_below=MODEL_ALONE_BELOW,
+                                        second_alone_below=DIFFERENT_OBJECTS_BELOW).mask,
+                 "atlas first": average(atlas, model, first_alone_below=MODEL_ALONE_BELOW).mask}
+        masks["served"] = masks["atlas first" if atlas_first else "model first"]
+        seconds.update({arm: seconds["model"] + seconds["atlas"] for arm in ARMS[2:]})
         if keep is not None:
             save_engines(keep / f"{fold.name}_{case}.npz", model, atlas, truth, image.GetSpacing()[::-1])
         scores[case] = {}
@@ -99,11 +111,11 @@ def main() -> int:
         means = {arm: statistics.mean(c[arm]["dice"] for c in cases.values()) for arm in ARMS}
         report[fold.name] = {"cases": cases, "mean_dice": means,
                              "labelled_only": control_dice(fold, args.labels)}
-    print("\n| fold | labelled-only | model | atlas | average | average - labelled-only |\n"
-          "|---|---|---|---|---|---|")
+    print("\n| fold | labelled-only | " + " | ".join(ARMS) + " | served - labelled-only |\n"
+          "|---|---|---|---|---|---|---|---|")
     for name, fold in sorted(report.items()):
         control, means = fold["labelled_only"], fold["mean_dice"]
-        margin = "n/a" if control is None else f"{means['average'] - control:+.3f}"
+        margin = "n/a" if control is None else f"{means['served'] - control:+.3f}"
         print(f"| {name} | {control if control is not None else 'n/a'} | " +
               " | ".join(f"{means[a]:.3f}" for a in ARMS) + f" | {margin} |")
     if args.json:

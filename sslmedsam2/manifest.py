@@ -80,6 +80,16 @@ def verify_manifest(weights_dir: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def exported_model_info(weights_dir: Path, sequence: str) -> dict[str, Any]:
+    """What the manifest says of ``sequence``'s exported model (empty without a readable manifest:
+    checking the folder against it is ``verify_manifest``'s job, done before serving)."""
+    try:
+        manifest = json.loads((Path(weights_dir) / MANIFEST).read_text())
+        return dict(manifest["models"][sequence])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def sole_sequence(manifest: dict) -> str:
     """The sequence of weights trained on one sequence only; GED4 otherwise (CARE's)."""
     sequences = list(manifest.get("models", {}))

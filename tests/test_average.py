@@ -15,8 +15,10 @@ from test_process import assert_on_grid, summary
 from sslmedsam2.container.weights_check import check_weights
 from sslmedsam2.engines import AVERAGED_ENGINES
 from sslmedsam2.engines.atlas import AtlasEngine
-from sslmedsam2.engines.average import DIFFERENT_OBJECTS_BELOW, AverageEngine, average, on_the_mask_side
+from sslmedsam2.engines.average import (DIFFERENT_OBJECTS_BELOW, MODEL_ALONE_BELOW, UNTAUGHT_BELOW,
+                                        AverageEngine, average, on_the_mask_side)
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
+from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import EngineUnavailableError
 from sslmedsam2.manifest import write_manifest
 from sslmedsam2.orientation import segment_in_orientation
@@ -76,7 +78,7 @@ def test_organs_too_unlike_serve_the_model_alone():
     fused = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5), first_alone_below=0.7)
     np.testing.assert_array_equal(fused.mask, model > 0.5)
     np.testing.assert_allclose(fused.probability, model)  # the organ already is the whole mask
-    assert fused.detail == "test alone (25% alike by Dice, under 70%)"
+    assert fused.detail == "test alone, not test (25% alike by Dice, under 70%)"
     averaged = average(_seg(model, model > 0.5), _seg(atlas, atlas > 0.5), first_alone_below=0.2)
     assert averaged.detail.startswith("average of")
     np.testing.assert_array_equal(averaged.mask, (model > 0.5) & (atlas > 0.5))  # where both are sure
@@ -110,7 +112,7 @@ def test_organs_that_barely_overlap_are_different_objects_and_the_atlas_is_serve
     fused = average(*pair, first_alone_below=0.7, second_alone_below=0.2)
     np.testing.assert_array_equal(fused.mask, atlas > 0.5)
     np.testing.assert_allclose(fused.probability, atlas)
-    assert fused.detail == "atlas alone (3% alike by Dice with test, under 20%: different objects)"
+    assert fused.detail == "atlas alone, not test (3% alike by Dice, under 20%: different objects)"
     np.testing.assert_array_equal(average(*pair, first_alone_below=0.7, second_alone_below=0.02).mask,
                                   model > 0.5)
     small = np.zeros_like(atlas)
@@ -156,6 +158,24 @@ def test_the_average_comes_back_on_flipped_and_oblique_grids(weights_with_suppor
         # the tiny model and the atlas may disagree enough for one organ to be served alone;
         # the message names the model wherever it stands (averaged, alone, or given way)
         assert "3d_fullres folds=" in fused.detail
+
+
+@pytest.mark.parametrize("agreement, atlas_first", [
+    (None, False), (UNTAUGHT_BELOW, False), (0.95, False), (UNTAUGHT_BELOW - 0.01, True), (0.5, True)])
+def test_a_model_that_did_not_learn_its_labels_gives_way_to_the_atlas(
+        tmp_path, weights_with_supports, agreement, atlas_first):
+    """The manifest's ``teacher_agreement`` (how alike the model labels its own pseudo-labelled
+    training patients with the labels it was taught) decides whose organ is served where the
+    two part: under ``UNTAUGHT_BELOW`` the atlas goes first, as in round 0; otherwise, or
+    unmeasured, the model does, with the atlas served where they are different objects."""
+    weights = shutil.copytree(weights_with_supports, tmp_path / "weights")
+    write_manifest(weights, {"models": {"GED4": {"teacher_agreement": agreement}}})
+    engine = AverageEngine.from_weights(weights, RuntimeOptions(device="cpu"))
+    model, atlas = (engine.second, engine.first) if atlas_first else (engine.first, engine.second)
+    assert isinstance(model, NnUNetEngine) and isinstance(atlas, AtlasEngine)
+    assert engine.first_alone_below == MODEL_ALONE_BELOW
+    assert engine.second_alone_below == (None if atlas_first else DIFFERENT_OBJECTS_BELOW)
+    assert engine.sequences == ("GED4",)
 
 
 def test_only_the_supports_sequence_is_averaged(weights_with_supports):

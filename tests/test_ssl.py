@@ -197,6 +197,9 @@ def test_exported_weights_serve_process_py(ssl_run, ssl_data, tmp_path):
         "2d", "3d_fullres"]
     assert any(name.endswith("fold_all/checkpoint_final.pth") for name in manifest["files"])
     assert manifest["engines"] == ["average", "nnunet", "sam2", "atlas"]  # loop.serve_average
+    # how well the model learned its pseudo labels, for the average's choice of engine
+    final = next(r for r in manifest["report"] if r["sequence"] == "GED4" and r["step"] == "final")
+    assert manifest["models"]["GED4"]["teacher_agreement"] == final["change_dice_mean"]
     out = tmp_path / "out"
     # pinned to the CPU: the choice checked below is the CPU's (a GPU prefers 3d_fullres)
     done = run_process("--input", ssl_data.test_input_dir, "--output", out,

@@ -9,13 +9,16 @@ costs a registration per case on top of the model. Where the two organs are far 
 ``MODEL_ALONE_BELOW``) one engine failed outright, and on the benchmark the average then fell
 below the model alone: the model's organ is served alone there (attempt 12), unless it is a small
 fraction of the atlas's, a liver the model did not find (attempt 20); where the two barely overlap
-they found different objects, and the atlas's is served (attempt 24). An SSL run's weights
+they found different objects, and the atlas's is served (attempt 24). A model that never learned
+its own training labels (``UNTAUGHT_BELOW``) gives way to the atlas where the two part, as round
+0's labelled-only model does (attempt 27). An SSL run's weights
 ask for the average (``loop.serve_average``, on by default; the manifest's ``engines``), and only
 for the supports' own sequence: another sequence's atlas is affine and was never measured averaged.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,10 @@ from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.engines.pair import EnginePair
 from sslmedsam2.errors import EngineUnavailableError
 from sslmedsam2.evaluation.metrics import dice
+from sslmedsam2.manifest import exported_model_info
 from sslmedsam2.postprocess import binary_entropy, component_most_like, largest_component
+
+log = logging.getLogger(__name__)
 
 #: below this Dice between the two organs the model is served alone: on real patients with one
 #: label, the average then fell below the model where a single support registered badly
@@ -41,6 +47,13 @@ SMALLER_FAILED_BELOW = 1 / 3
 #: 14 CHAOS patients scored 0.58 Dice since few-shot attempt 8), while a model can find a
 #: liver-sized object elsewhere, as on the dark liver at the default schedule (attempt 24)
 DIFFERENT_OBJECTS_BELOW = 0.2
+#: an exported model whose labels of its own pseudo-labelled training patients agree with the
+#: labels it was trained on under this (mean Dice, the manifest's ``teacher_agreement``) did not
+#: learn its lessons, and where it parts from the atlas the atlas's organ is served, round 0's
+#: rule. Students agreed at 0.745 after 300 iterations, the default schedule, where the model-alone
+#: rule served 0.016 under round 0; at 0.865-0.875 after 720 and 0.941 after 1440, where the model
+#: alone did better (benchmarks/RESULTS.md, attempts 12, 14, 25-27)
+UNTAUGHT_BELOW = 0.8
 
 
 class AverageEngine(EnginePair):
@@ -68,10 +81,17 @@ class AverageEngine(EnginePair):
     @classmethod
     def from_weights(cls, weights_dir: Path, options: RuntimeOptions) -> AverageEngine:
         """The weights folder's nnU-Net (with its probability) and its supports' atlas, for the
-        supports' sequence."""
+        supports' sequence; the atlas goes first where the model did not learn its training labels."""
         atlas = AtlasEngine.from_weights(weights_dir, options)
-        return cls(NnUNetEngine(weights_dir, options, with_uncertainty=True), atlas,
-                   sequences=(atlas.support_sequence,), second_alone_below=DIFFERENT_OBJECTS_BELOW)
+        model = NnUNetEngine(weights_dir, options, with_uncertainty=True)
+        sequences = (atlas.support_sequence,)
+        agreement = exported_model_info(weights_dir, atlas.support_sequence).get("teacher_agreement")
+        if agreement is not None and agreement < UNTAUGHT_BELOW:
+            log.info("%s: the model labels its training patients %.3f alike with the labels it was "
+                     "taught (under %.2f): where it parts from the atlas, the atlas's organ is served",
+                     weights_dir, agreement, UNTAUGHT_BELOW)
+            return cls(atlas, model, sequences=sequences)
+        return cls(model, atlas, sequences=sequences, second_alone_below=DIFFERENT_OBJECTS_BELOW)
 
     def can_segment(self, sequence: str) -> bool:
         averaged = self.sequences is None or sequence in self.sequences
@@ -104,12 +124,12 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
                                          "returned a mask only")
     organs, alike = organs_alike(a.mask, b.mask)
     if second_alone_below is not None and alike < second_alone_below:
-        sided, detail = _one_organ_alone(b, a, organs[::-1], smaller_failed_below)
-        detail += (f" ({alike:.0%} alike by Dice with {a.detail}, under {second_alone_below:.0%}: "
-                   "different objects)")
+        sided, detail = _one_organ_alone(b, a, organs[::-1], smaller_failed_below,
+                                         f"{alike:.0%} alike by Dice, under {second_alone_below:.0%}: "
+                                         "different objects")
     elif first_alone_below is not None and alike < first_alone_below:
-        sided, detail = _one_organ_alone(a, b, organs, smaller_failed_below)
-        detail += f" ({alike:.0%} alike by Dice, under {first_alone_below:.0%})"
+        sided, detail = _one_organ_alone(a, b, organs, smaller_failed_below,
+                                         f"{alike:.0%} alike by Dice, under {first_alone_below:.0%}")
     else:
         sided = (_sided(a.probability, organs[0]) + _sided(b.probability, organs[1])) / 2
         detail = f"average of {a.detail} and {b.detail} (organs {alike:.0%} alike by Dice)"
@@ -118,12 +138,13 @@ def average(a: Segmentation, b: Segmentation, threshold: float = 0.5,
 
 
 def _one_organ_alone(a: Segmentation, b: Segmentation, organs: tuple[np.ndarray, np.ndarray],
-                     smaller_failed_below: float) -> tuple[np.ndarray, str]:
-    """``a``'s organ on its own probability, or ``b``'s where ``a``'s is far the smaller."""
+                     smaller_failed_below: float, why: str) -> tuple[np.ndarray, str]:
+    """``a``'s organ on its own probability, or ``b``'s where ``a``'s is far the smaller; the
+    detail names both engines, whichever is served."""
     if organs[0].sum() >= smaller_failed_below * organs[1].sum():
-        return _sided(a.probability, organs[0]), f"{a.detail} alone"
+        return _sided(a.probability, organs[0]), f"{a.detail} alone, not {b.detail} ({why})"
     return (_sided(b.probability, organs[1]),
-            f"{b.detail} alone, {a.detail}'s organ under {smaller_failed_below:.0%} of its size")
+            f"{b.detail} alone, {a.detail}'s organ under {smaller_failed_below:.0%} of its size ({why})")
 
 
 def organs_alike(a: np.ndarray, b: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], float]:

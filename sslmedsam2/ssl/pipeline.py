@@ -204,7 +204,9 @@ def export_weights(run: SemiSupervisedRun, models: dict[str, tuple[Path, StepRec
         exported[sequence] = {"models": [str(t.relative_to(staging)) for t in targets],
                               "export": final.export,
                               "folds": final.folds, "trained_on": final.trained_on,
-                              "rounds": [r.step for r in records if r.sequence == sequence]}
+                              "rounds": [r.step for r in records if r.sequence == sequence],
+                              # how well the model learned its pseudo labels (AverageEngine reads it)
+                              "teacher_agreement": final.change_dice_mean}
     copy_supports(run.supports, staging / WEIGHTS_SUPPORTS_DIR, run.labelled_sequence)
     engines = served_engines(run)
     write_manifest(staging, {
