@@ -67,7 +67,8 @@ def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str,
                  "model first": average(model, atlas, first_alone_below=MODEL_ALONE_BELOW,
                                         second_alone_below=DIFFERENT_OBJECTS_BELOW).mask,
                  "atlas first": average(atlas, model, first_alone_below=MODEL_ALONE_BELOW).mask}
-        masks["served"] = masks["atlas first" if atlas_first else "model first"]
+        # the engine's own rule, not a copy of it: what process.py serves from these weights
+        masks["served"] = (engine.combine(atlas, model) if atlas_first else engine.combine(model, atlas)).mask
         seconds.update({arm: seconds["model"] + seconds["atlas"] for arm in ARMS[2:]})
         if keep is not None:
             save_engines(keep / f"{fold.name}_{case}.npz", model, atlas, truth, image.GetSpacing()[::-1])
