@@ -176,6 +176,9 @@ def test_a_model_that_did_not_learn_its_labels_gives_way_to_the_atlas(
     assert engine.first_alone_below == MODEL_ALONE_BELOW
     assert engine.second_alone_below == (None if atlas_first else DIFFERENT_OBJECTS_BELOW)
     assert engine.sequences == ("GED4",)
+    order = next(s for s in check_weights(weights, AVERAGED_ENGINES).services
+                 if s.sequence == "GED4").engines[0]
+    assert order.startswith("average of atlas and nnunet" if atlas_first else "average of nnunet and atlas")
 
 
 def test_only_the_supports_sequence_is_averaged(weights_with_supports):

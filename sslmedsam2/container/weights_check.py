@@ -19,6 +19,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from sslmedsam2.engines import manifest_engines
+from sslmedsam2.engines.average import UNTAUGHT_BELOW, untaught_agreement
 from sslmedsam2.engines.nnunet import CHECKPOINT, ModelFolder, discover_models
 from sslmedsam2.errors import SSLMedSAM2Error
 from sslmedsam2.fewshot.checkpoint_file import check_archive
@@ -90,7 +91,7 @@ def check_weights(root: Path, engines: tuple[str, ...] | None = None) -> Weights
     report.findings += sam2_findings + model_findings + support_findings
     needed = sole_sequence(manifest)  # what process.py must segment: CARE's GED4, or a plain run's
     for sequence in dict.fromkeys(_sequences(root) + [support_sequence(supports), needed]):
-        served = _serving(sequence, engines, models.get(sequence, []), sam2, supports)
+        served = _serving(root, sequence, engines, models.get(sequence, []), sam2, supports)
         ok = all("BROKEN" not in e for e in served) and (bool(served) or sequence != needed)
         report.services.append(Service(sequence, tuple(served) or ("not served",), ok))
     return report
@@ -221,8 +222,8 @@ def _sequences(root: Path) -> list[str]:
     return list(CARE_SEQUENCES) + extra
 
 
-def _serving(sequence: str, engines: tuple[str, ...], models: list[tuple[ModelFolder, bool]],
-             sam2: Sam2Outcome, supports: list[Support]) -> list[str]:
+def _serving(root: Path, sequence: str, engines: tuple[str, ...],
+             models: list[tuple[ModelFolder, bool]], sam2: Sam2Outcome, supports: list[Support]) -> list[str]:
     """What each engine that can take ``sequence`` would use, as ``process.py`` tries them."""
     served = []
     for engine in engines:
@@ -239,8 +240,17 @@ def _serving(sequence: str, engines: tuple[str, ...], models: list[tuple[ModelFo
         elif engine == "atlas" and supports:
             served.append(f"atlas, {len(supports)} support(s)")
         elif engine == "average" and models and supports and support_sequence(supports) == sequence:
-            served.append(f"average of nnunet and atlas, {len(supports)} support(s)")
+            served.append(f"{_average_order(root, sequence)}, {len(supports)} support(s)")
     return served
+
+
+def _average_order(root: Path, sequence: str) -> str:
+    """The averaged pair in the order ``AverageEngine.from_weights`` builds it, and why."""
+    agreement = untaught_agreement(root, sequence)
+    if agreement is None:
+        return "average of nnunet and atlas"
+    return (f"average of atlas and nnunet (the atlas first where they part: the model agrees "
+            f"{agreement:.3f} with its teacher's labels, under {UNTAUGHT_BELOW})")
 
 
 def _relative(path: Path, root: Path) -> str:

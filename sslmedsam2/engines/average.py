@@ -56,6 +56,13 @@ DIFFERENT_OBJECTS_BELOW = 0.2
 UNTAUGHT_BELOW = 0.8
 
 
+def untaught_agreement(weights_dir: Path, sequence: str) -> float | None:
+    """The exported model's agreement with its teacher where it is under ``UNTAUGHT_BELOW`` (the
+    atlas then goes first); None where it learned its labels or nothing was measured."""
+    agreement = exported_model_info(weights_dir, sequence).get("teacher_agreement")
+    return agreement if agreement is not None and agreement < UNTAUGHT_BELOW else None
+
+
 class AverageEngine(EnginePair):
     """A model (``first``) and an atlas (``second``) segment every volume; the mask is where their
     mean probability reaches ``threshold`` (largest component), or ``first``'s organ alone where
@@ -85,8 +92,8 @@ class AverageEngine(EnginePair):
         atlas = AtlasEngine.from_weights(weights_dir, options)
         model = NnUNetEngine(weights_dir, options, with_uncertainty=True)
         sequences = (atlas.support_sequence,)
-        agreement = exported_model_info(weights_dir, atlas.support_sequence).get("teacher_agreement")
-        if agreement is not None and agreement < UNTAUGHT_BELOW:
+        agreement = untaught_agreement(weights_dir, atlas.support_sequence)
+        if agreement is not None:
             log.info("%s: the model labels its training patients %.3f alike with the labels it was "
                      "taught (under %.2f): where it parts from the atlas, the atlas's organ is served",
                      weights_dir, agreement, UNTAUGHT_BELOW)
