@@ -304,7 +304,7 @@ def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tm
 def test_averaged_round_zero_labels_as_the_served_engine_would(ssl_data, tmp_path):
     """With ``fusion = "average"`` round 0's pseudo labels are the labelled-only nnU-Net and the
     atlas averaged (``engines.average``), the combination an SSL run serves its model with."""
-    from sslmedsam2.engines.average import average
+    from sslmedsam2.engines.average import DIFFERENT_OBJECTS_BELOW, average
     from sslmedsam2.evaluation.metrics import dice
     from sslmedsam2.ssl.loop import SemiSupervisedRun, gather_cases
 
@@ -322,7 +322,9 @@ def test_averaged_round_zero_labels_as_the_served_engine_would(ssl_data, tmp_pat
     model = fused.first.segment(image, "GED4", query.vendor)
     atlas = fused.second.segment(image, "GED4", query.vendor)
     saved = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "pseudo" / query.case / "GED4.nii.gz")))
-    expected = average(model, atlas, first_alone_below=fused.first_alone_below).mask
+    assert fused.second_alone_below == DIFFERENT_OBJECTS_BELOW  # the served engine's rule too
+    expected = average(model, atlas, first_alone_below=fused.first_alone_below,
+                       second_alone_below=fused.second_alone_below).mask
     assert (model.mask != atlas.mask).any() and expected.any()
     assert dice(saved > 0, expected > 0) > 0.98
     # "average-atlas" reuses the same labelled-only model; where the two part ways (forced here)

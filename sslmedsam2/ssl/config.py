@@ -76,7 +76,8 @@ class PseudoLabelConfig:
     SSL attempts 21-22). Its pseudo labels beat the atlas's where the partner generalised (0.851 /
     0.862 / 0.872 against 0.835 / 0.843 / 0.852) and trailed them where it did not (0.844 against
     0.860, the partner at 0.51 held out). ``fusion = "average"`` keeps the nnU-Net's organ
-    there instead, which failed outright where a model trained on one patient meets the dark
+    there instead (the few-shot engine's where the two are different objects, as the served
+    engine), which failed outright where a model trained on one patient meets the dark
     liver (attempt 13: -0.076). ``fusion = "agreement"`` keeps only where both say liver; where
     they differ the uncertainty is 1 bit, so with ``ignore_uncertainty_above`` set those voxels
     are not trained on (``engines.agreement``). False: round 0 is the few-shot engine alone, as
