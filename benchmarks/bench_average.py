@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.engines.atlas import AtlasEngine
-from sslmedsam2.engines.average import DIFFERENT_OBJECTS_BELOW, MODEL_ALONE_BELOW, AverageEngine, average
+from sslmedsam2.engines.average import AverageEngine
 from sslmedsam2.engines.base import RuntimeOptions, Segmentation
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import read_volume
@@ -63,12 +63,12 @@ def score_fold(fold: Path, weights: Path, keep: Path | None = None) -> dict[str,
         end = time.perf_counter()
         seconds = {"model": middle - start, "atlas": end - middle}
         # largest components, as the loop's held-out predictions and process.py keep them
-        masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask),
-                 "model first": average(model, atlas, first_alone_below=MODEL_ALONE_BELOW,
-                                        second_alone_below=DIFFERENT_OBJECTS_BELOW).mask,
-                 "atlas first": average(atlas, model, first_alone_below=MODEL_ALONE_BELOW).mask}
-        # the engine's own rule, not a copy of it: what process.py serves from these weights
-        masks["served"] = (engine.combine(atlas, model) if atlas_first else engine.combine(model, atlas)).mask
+        masks = {"model": largest_component(model.mask), "atlas": largest_component(atlas.mask)}
+        # both orders by the served engine's own rules; "served" is the one these weights chose
+        for arm, first_is_atlas in (("model first", False), ("atlas first", True)):
+            pair = AverageEngine.ordered(model_engine, atlas_engine, atlas_first=first_is_atlas)
+            masks[arm] = pair.combine(*((atlas, model) if first_is_atlas else (model, atlas))).mask
+        masks["served"] = masks["atlas first" if atlas_first else "model first"]
         seconds.update({arm: seconds["model"] + seconds["atlas"] for arm in ARMS[2:]})
         if keep is not None:
             save_engines(keep / f"{fold.name}_{case}.npz", model, atlas, truth, image.GetSpacing()[::-1])

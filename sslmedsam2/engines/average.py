@@ -19,7 +19,9 @@ for the supports' own sequence: another sequence's atlas is affine and was never
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,8 +99,22 @@ class AverageEngine(EnginePair):
             log.info("%s: the model labels its training patients %.3f alike with the labels it was "
                      "taught (under %.2f): where it parts from the atlas, the atlas's organ is served",
                      weights_dir, agreement, UNTAUGHT_BELOW)
-            return cls(atlas, model, sequences=sequences)
-        return cls(model, atlas, sequences=sequences, second_alone_below=DIFFERENT_OBJECTS_BELOW)
+        return cls.ordered(model, atlas, atlas_first=agreement is not None, sequences=sequences)
+
+    @classmethod
+    def ordered(cls, model: Engine, atlas: Engine, atlas_first: bool, **options: Any) -> AverageEngine:
+        """A model and an atlas in one of the two orders served: the model first keeps its organ
+        where the two part and gives way to the atlas where they found different objects; the atlas
+        first keeps the atlas's organ where they part (a model that did not learn its labels)."""
+        if atlas_first:
+            return cls(atlas, model, **options)
+        return cls(model, atlas, second_alone_below=DIFFERENT_OBJECTS_BELOW, **options)
+
+    @classmethod
+    def ordered_of(cls, make_model: Callable[[], Engine], make_atlas: Callable[[], Engine],
+                   atlas_first: bool) -> AverageEngine:
+        """``ordered`` from two recipes, so a picklable recipe of it can travel to a worker."""
+        return cls.ordered(make_model(), make_atlas(), atlas_first)
 
     def can_segment(self, sequence: str) -> bool:
         averaged = self.sequences is None or sequence in self.sequences

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
 
 import SimpleITK as sitk
 
@@ -22,11 +21,9 @@ class EnginePair(ABC):
         self.first, self.second = first, second
 
     @classmethod
-    def of(cls, make_first: Callable[[], Engine], make_second: Callable[[], Engine],
-           **options: Any) -> EnginePair:
-        """Built from two recipes (and the pair's own options), so a picklable recipe of it can
-        travel to a worker."""
-        return cls(make_first(), make_second(), **options)
+    def of(cls, make_first: Callable[[], Engine], make_second: Callable[[], Engine]) -> EnginePair:
+        """Built from two recipes, so a picklable recipe of it can travel to a worker."""
+        return cls(make_first(), make_second())
 
     def can_segment(self, sequence: str) -> bool:
         return self.first.can_segment(sequence) and self.second.can_segment(sequence)

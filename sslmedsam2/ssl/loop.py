@@ -42,7 +42,7 @@ import SimpleITK as sitk
 
 from sslmedsam2.datasets import detect_layout, read_collection, require_clean
 from sslmedsam2.engines.agreement import AgreementEngine
-from sslmedsam2.engines.average import DIFFERENT_OBJECTS_BELOW, AverageEngine
+from sslmedsam2.engines.average import AverageEngine
 from sslmedsam2.engines.base import Engine, RuntimeOptions
 from sslmedsam2.engines.nnunet import NnUNetEngine
 from sslmedsam2.errors import SSLMedSAM2Error
@@ -334,11 +334,10 @@ class SemiSupervisedRun:
                                      0, record)
         partner = self._nnunet_engine(cases.sequence, model, profile)
         if self.config.pseudo_labels.fusion == "average":
-            return (partial(AverageEngine.of, partner, self._fewshot,
-                            second_alone_below=DIFFERENT_OBJECTS_BELOW),
+            return (partial(AverageEngine.ordered_of, partner, self._fewshot, atlas_first=False),
                     f"labelled-only nnU-Net averaged with {name}")
         if self.config.pseudo_labels.fusion == "average-atlas":
-            return (partial(AverageEngine.of, self._fewshot, partner),
+            return (partial(AverageEngine.ordered_of, partner, self._fewshot, atlas_first=True),
                     f"{name} averaged with labelled-only nnU-Net, {name} alone where they part")
         return partial(AgreementEngine.of, self._fewshot, partner), f"{name} + labelled-only nnU-Net"
 
