@@ -10,7 +10,8 @@ first``: the atlas's organ alone, round 0's rule) and ``served``, the one of the
 for (``UNTAUGHT_BELOW``), all from one pass of the two engines,
 beside the labelled-only control the benchmark trained in the same fold (``labelled_only_L<n>``),
 and writes the per-patient figures to --json (folds already in that file and not scored now are
-kept, so folds trained in different sessions end in one file). Trains nothing; about a minute per
+kept, so folds trained in different sessions end in one file). Registers on one ANTs thread, as the
+run did, so ``served`` repeats the run's own served figure. Trains nothing; about a minute per
 patient on 2 cores.
 
     python benchmarks/bench_average.py --work /work/bench/seed1 --labels 1 [--arm ssl_share0.5]
@@ -35,6 +36,7 @@ from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import read_volume
 from sslmedsam2.orientation import segment_in_orientation
 from sslmedsam2.postprocess import largest_component
+from sslmedsam2.registration.syn import pin_registration_threads
 
 SEQUENCE = "T2SPIR"
 ARMS = ("model", "atlas", "model first", "atlas first", "served")
@@ -101,6 +103,10 @@ def control_dice(fold: Path, labels: int) -> float | None:
 
 def main() -> int:
     args = parse_args()
+    # one ANTs thread, as the SSL run that made the weights registered (loop.deterministic_registration):
+    # with ITK's threads a hard pair's warp can differ, and the served figure with it
+    if not pin_registration_threads():
+        raise SystemExit("ANTs was loaded before its threads could be pinned")
     weights = f"{args.arm}_L{args.labels}/weights"
     folds = sorted(f for f in args.work.glob("fold*") if (f / weights).is_dir()
                    and (args.only_folds is None or int(f.name.removeprefix("fold")) in args.only_folds))
