@@ -67,9 +67,11 @@ def trained_weights(tmp_path_factory, example_dataset) -> Path:
 def run_process(*args: str | Path, env: dict[str, str] | None = None,
                 prefix: list[str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run process.py the way the container does (a separate Python process); ``cwd`` None: this
-    one (a test of defaults that depend on the working directory passes another)."""
+    one (a test of defaults that depend on the working directory passes another). ITK's thread
+    count is left for process.py to choose, as in a container."""
     command = [*(prefix or []), sys.executable, str(REPO / "process.py"), *map(str, args)]
-    full_env = {**os.environ, "SSLMEDSAM2_WEIGHTS": "", **(env or {})}
+    inherited = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
+    full_env = {**inherited, "SSLMEDSAM2_WEIGHTS": "", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=600,
                           cwd=cwd)
 

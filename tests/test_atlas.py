@@ -222,21 +222,23 @@ def test_process_falls_back_to_atlas(tmp_path, trained_weights, example_dataset,
         assert engines[case.case_id, "T1"] == "atlas"
         assert_on_grid(out / "LiSeg_pred" / case.case_id / "T1_pred.nii.gz", _read(case.images["T1"]))
     assert "T1: atlas" in result.stderr
+    assert summary(out)["registration_threads"] == "1"  # served masks repeat by default
     shutil.rmtree(weights / "nnunet")
     only_atlas = run_process("--input", example_dataset.test_input_dir, "--output", tmp_path / "o2",
-                             "--weights", weights, "--sequences", "T1")
+                             "--weights", weights, "--sequences", "T1", "--threaded-registration")
     assert only_atlas.returncode == 0, only_atlas.stderr
     assert {c["engine"] for c in summary(tmp_path / "o2")["cases"]} == {"atlas"}
+    assert summary(tmp_path / "o2")["registration_threads"] == "ITK default"
 
 
 def test_cli_pseudo_label_deterministic_repeats_itself_bit_for_bit(tmp_path, example_dataset):
-    """``--deterministic``: two separate runs write the same masks and uncertainty maps, to the
-    last bit (on ITK's threads SyN's sums change order between runs)."""
+    """By default (``--deterministic``) two separate runs write the same masks and uncertainty
+    maps, to the last bit (on ITK's threads SyN's sums change order between runs)."""
     import subprocess
     import sys
 
     def run(out: Path) -> None:
-        command = [sys.executable, "-m", "sslmedsam2", "pseudo-label", "--deterministic", "--supports",
+        command = [sys.executable, "-m", "sslmedsam2", "pseudo-label", "--supports",
                    str(example_dataset.train_dir), "--unlabelled", str(example_dataset.test_input_dir),
                    "--out", str(out), "--max-supports", "1", "-q"]
         env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}

@@ -176,7 +176,8 @@ def test_cli_batch_prediction_on_ray_matches_local(tmp_path, local_ray, trained_
     from sslmedsam2.cli import main
 
     common = ["pseudo-label", "--method", "nnunet", "--weights", str(trained_weights),
-              "--device", "cpu", "--unlabelled", str(example_dataset.test_input_dir), "-q"]
+              "--device", "cpu", "--unlabelled", str(example_dataset.test_input_dir), "-q",
+              "--threaded-registration"]  # nothing registers; keeps this process unpinned
     with _single_threaded():  # float sums depend on the thread count; each worker has one
         assert main([*common, "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray",
@@ -193,7 +194,7 @@ def test_cli_refuses_bad_executor_options(tmp_path, example_dataset):
     from sslmedsam2.cli import main
 
     base = ["pseudo-label", "--unlabelled", str(example_dataset.test_input_dir),
-            "--out", str(tmp_path), "-q"]
+            "--out", str(tmp_path), "-q", "--threaded-registration"]
     assert main([*base, "--method", "nnunet"]) == 1  # no --weights
     assert main([*base, "--supports", str(example_dataset.train_dir), "--workers", "0"]) == 1
 

@@ -168,3 +168,33 @@ def test_pinned_registration_threads_repeat_a_warp_bit_for_bit_across_processes(
 def test_pinning_after_ants_is_loaded_changes_nothing_and_says_so(tmp_path):
     (pinned, _), _ = _pinned_run(tmp_path, "late", before="import ants")
     assert pinned == "False"
+
+
+SERVING_THREADS = """
+import os
+{before}
+from sslmedsam2.cli import infer_parser, pin_unless_threaded
+from sslmedsam2.errors import UsageError
+try:
+    pin_unless_threaded(infer_parser().parse_args(["--input", "i", "--output", "o", {flags}]))
+    print(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "unset"))
+except UsageError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("flags, before, expected", [
+    ("", "", "1"),  # serving repeats itself unless told otherwise
+    ('"--deterministic"', "", "1"),
+    ('"--threaded-registration"', "", "unset"),
+    ("", "import ants", "unset"),  # too late by default: a warning, the run goes on
+    ('"--deterministic"', "import ants", "refused: --deterministic"),  # asked for: an error
+])
+def test_serving_pins_registration_threads_by_default(flags, before, expected):
+    script = SERVING_THREADS.format(before=before, flags=flags)
+    env = {key: value for key, value in os.environ.items() if key != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith(expected), result.stdout
+    assert ("could be pinned" in result.stderr) == (before != "" and flags == "")

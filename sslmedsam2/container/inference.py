@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import resource
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from sslmedsam2.io import read_volume, write_mask, write_text_atomic
 from sslmedsam2.manifest import sole_sequence, verify_manifest
 from sslmedsam2.orientation import CANONICAL, reorient, segment_reoriented
 from sslmedsam2.postprocess import largest_component
+from sslmedsam2.registration.syn import ITK_THREADS
 from sslmedsam2.runtime import configure_threads
 from sslmedsam2.sequences import GED4
 
@@ -237,6 +239,8 @@ def write_summary(summary: RunSummary, settings: InferenceSettings) -> Path:
         "fatal": summary.fatal,
         "counts": summary.counts(),
         "peak_rss_mb": peak_rss_mb(),
+        # "1": reruns repeat the atlas' registrations bit for bit
+        "registration_threads": os.environ.get(ITK_THREADS, "ITK default"),
         "warnings": summary.warnings,
         "settings": json.loads(json.dumps(asdict(settings), default=str)),
         "cases": [asdict(r) for r in summary.records],
