@@ -104,7 +104,7 @@ def summarise(runs: list[dict], patients: list, work: Path) -> dict[str, dict]:
     summary = {}
     for mode in MODES:
         mine = [r for r in runs if r["mode"] == mode]
-        identical, swings, dice = 0, [], []
+        identical, swings, dice = 0, [], {}
         for patient in patients:
             masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(work / f"{mode}_{r['repeat']}"
                                                                 / f"{patient.case}_pred.nii.gz")))
@@ -114,14 +114,15 @@ def summarise(runs: list[dict], patients: list, work: Path) -> dict[str, dict]:
             scores = [compute_metrics(m > 0, sitk.GetArrayFromImage(truth) > 0,
                                       truth.GetSpacing()[::-1]).dice for m in masks]
             swings.append(max(scores) - min(scores))
-            dice.extend(scores)
+            dice[patient.case] = [round(score, 4) for score in scores]
         seconds = [s for r in mine for s in r["case_seconds"].values()]
         summary[mode] = {
             "case_seconds_mean": round(statistics.mean(seconds), 1),
             "run_seconds_mean": round(statistics.mean(r["wall_seconds"] for r in mine), 1),
             "cases_identical": identical, "cases": len(patients),
-            "largest_dice_swing": round(max(swings), 4), "dice_mean": round(statistics.mean(dice), 4),
-            "engines": sorted({e for r in mine for e in r["engines"]})}
+            "largest_dice_swing": round(max(swings), 4),
+            "dice_mean": round(statistics.mean(d for scores in dice.values() for d in scores), 4),
+            "engines": sorted({e for r in mine for e in r["engines"]}), "dice_per_case": dice}
     summary["pinned"]["case_seconds_ratio"] = round(summary["pinned"]["case_seconds_mean"]
                                                     / summary["threads"]["case_seconds_mean"], 2)
     return summary
