@@ -1,17 +1,18 @@
 """Does a rerun of the atlas engine repeat itself, and what does one registration thread cost?
 
 ANTs reads its thread count once per process, so every run here is a fresh process: per query
-(default: the 14 CHAOS MR T2-SPIR patients in ../shared/data/chaos-mr-t2, read in place; one
-support, the same seeded draw as bench_fewshot_real.py), ``--repeats`` runs on ITK's default
-threads and as many pinned to one (``registration.syn.pin_registration_threads``), alternating so
-that both modes share the machine's noise. Each run is the engine's own labelling
+(default: the 14 CHAOS MR T2-SPIR patients in ../shared/data/chaos-mr-t2, read in place;
+``--supports`` others as supports, default one, the same seeded draw as bench_fewshot_real.py),
+``--repeats`` runs on ITK's default threads and as many pinned to one
+(``registration.syn.pin_registration_threads``), alternating so that both modes share the
+machine's noise. Each run is the engine's own labelling
 (``propagate``, default ``AtlasConfig``) with its registration, fusion and intensity correction.
 
 Printed per mode: seconds per query (mean, and pinned / threaded side by side), whether the
 repeats' probability maps are identical, the largest Dice swing between repeats of one query, and
 the mean Dice against the manual masks.
 
-    python benchmarks/bench_deterministic.py [--data DIR] [--queries N] [--repeats 2]
+    python benchmarks/bench_deterministic.py [--data DIR] [--queries N] [--repeats 2] [--supports 1]
         [--work runs/bench_deterministic] [--json benchmarks/deterministic_chaos.json]
 """
 
@@ -46,11 +47,12 @@ def main() -> int:
                         help="a labelled collection, read in place (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=None, help="first N patients only")
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per query and mode")
+    parser.add_argument("--supports", type=int, default=1, help="supports per query (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the support draws")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_deterministic"),
                         help="the runs' probability maps")
     parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
-    parser.add_argument("--worker", nargs=4, metavar=("MODE", "QUERY", "SUPPORT", "OUT"),
+    parser.add_argument("--worker", nargs=4, metavar=("MODE", "QUERY", "SUPPORTS", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -60,11 +62,11 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for query in tqdm(queries, desc="queries", unit="patient"):
-        (support,) = support_draw(query, patients, 1, args.seed)
+        supports = ",".join(s.case for s in support_draw(query, patients, args.supports, args.seed))
         for repeat, mode in itertools.product(range(args.repeats), MODES):
             out = args.work / f"{query.case}_{mode}_{repeat}.npy"
-            rows.append({"query": query.case, "support": support.case, "mode": mode, "repeat": repeat,
-                         **run_worker(args.data, mode, query.case, support.case, out)})
+            rows.append({"query": query.case, "supports": supports, "mode": mode, "repeat": repeat,
+                         **run_worker(args.data, mode, query.case, supports, out)})
     summary = summarise(rows, args.work)
     print_table(summary)
     if args.json:
@@ -75,7 +77,7 @@ def main() -> int:
     return 0
 
 
-def worker(mode: str, query: str, support: str, out: str, data: Path) -> int:
+def worker(mode: str, query: str, supports: str, out: str, data: Path) -> int:
     """One labelling in this fresh process; prints its seconds and Dice as JSON."""
     from sslmedsam2.registration.label_propagation import AtlasConfig, propagate
     from sslmedsam2.registration.syn import pin_registration_threads  # before ants loads
@@ -84,9 +86,10 @@ def worker(mode: str, query: str, support: str, out: str, data: Path) -> int:
         raise SystemExit("could not pin: ants was loaded first")
     patients = {p.case: p for p in read_collection(data, "MR").labelled}
     image = sitk.ReadImage(str(patients[query].image))
-    pair = tuple(sitk.ReadImage(str(path)) for path in (patients[support].image, patients[support].mask))
+    pairs = [(sitk.ReadImage(str(patients[case].image)), sitk.ReadImage(str(patients[case].mask)))
+             for case in supports.split(",")]
     started = time.perf_counter()
-    fused = propagate(image, [pair], AtlasConfig())
+    fused = propagate(image, pairs, AtlasConfig())
     seconds = time.perf_counter() - started
     np.save(out, fused.probability.astype(np.float32))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(patients[query].mask))) > 0
@@ -95,8 +98,8 @@ def worker(mode: str, query: str, support: str, out: str, data: Path) -> int:
     return 0
 
 
-def run_worker(data: Path, mode: str, query: str, support: str, out: Path) -> dict:
-    command = [sys.executable, __file__, "--data", str(data), "--worker", mode, query, support, str(out)]
+def run_worker(data: Path, mode: str, query: str, supports: str, out: Path) -> dict:
+    command = [sys.executable, __file__, "--data", str(data), "--worker", mode, query, supports, str(out)]
     env = {key: value for key, value in os.environ.items() if key != ITK_THREADS}
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
