@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ from tqdm import tqdm
 
 from sslmedsam2.datasets import read_collection, require_clean
 from sslmedsam2.evaluation.metrics import compute_metrics
-from sslmedsam2.registration.syn import ITK_THREADS
+from sslmedsam2.registration.syn import unpinned_environment
 
 MODES = ("threads", "pinned")
 
@@ -100,8 +99,8 @@ def worker(mode: str, query: str, supports: str, out: str, data: Path) -> int:
 
 def run_worker(data: Path, mode: str, query: str, supports: str, out: Path) -> dict:
     command = [sys.executable, __file__, "--data", str(data), "--worker", mode, query, supports, str(out)]
-    env = {key: value for key, value in os.environ.items() if key != ITK_THREADS}
-    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env=unpinned_environment())
     if result.returncode != 0:
         raise SystemExit(f"{query} ({mode}): {result.stderr.strip().splitlines()[-1]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

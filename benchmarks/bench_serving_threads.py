@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from sslmedsam2.datasets import read_collection, require_clean
 from sslmedsam2.evaluation.metrics import compute_metrics
-from sslmedsam2.registration.syn import ITK_THREADS
+from sslmedsam2.registration.syn import unpinned_environment
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"threads": ["--threaded-registration"], "pinned": []}
@@ -85,11 +85,11 @@ def link_inputs(patients: list, folder: Path) -> Path:
 
 def serve(inputs: Path, out: Path, weights: Path, flags: list[str]) -> dict:
     """One fresh process.py over ``inputs``, with no thread count inherited from here."""
-    env = {key: value for key, value in os.environ.items() if key != ITK_THREADS}
     command = [sys.executable, str(REPO / "process.py"), "--input", str(inputs), "--output", str(out),
                "--weights", str(weights), *flags]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env=unpinned_environment())
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"process.py {' '.join(flags)}: {result.stderr.strip().splitlines()[-1]}")
@@ -102,17 +102,16 @@ def serve(inputs: Path, out: Path, weights: Path, flags: list[str]) -> dict:
 def summarise(runs: list[dict], patients: list, work: Path) -> dict[str, dict]:
     """Per mode: seconds, whether every repeat wrote the same masks, Dice and its swing."""
     summary = {}
+    truths = [read_truth(patient.mask) for patient in patients]  # once for both modes
     for mode in MODES:
         mine = [r for r in runs if r["mode"] == mode]
         identical, swings, dice = 0, [], {}
-        for patient in patients:
+        for patient, (truth, spacing) in zip(patients, truths):
             masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(work / f"{mode}_{r['repeat']}"
                                                                 / f"{patient.case}_pred.nii.gz")))
                      for r in mine]
             identical += all(np.array_equal(masks[0], other) for other in masks[1:])
-            truth = sitk.ReadImage(str(patient.mask))
-            scores = [compute_metrics(m > 0, sitk.GetArrayFromImage(truth) > 0,
-                                      truth.GetSpacing()[::-1]).dice for m in masks]
+            scores = [compute_metrics(m > 0, truth, spacing).dice for m in masks]
             swings.append(max(scores) - min(scores))
             dice[patient.case] = [round(score, 4) for score in scores]
         seconds = [s for r in mine for s in r["case_seconds"].values()]
@@ -126,6 +125,12 @@ def summarise(runs: list[dict], patients: list, work: Path) -> dict[str, dict]:
     summary["pinned"]["case_seconds_ratio"] = round(summary["pinned"]["case_seconds_mean"]
                                                     / summary["threads"]["case_seconds_mean"], 2)
     return summary
+
+
+def read_truth(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A manual mask as a z-y-x boolean array and its spacing in the same order."""
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image) > 0, image.GetSpacing()[::-1]
 
 
 def print_table(summary: dict[str, dict]) -> None:

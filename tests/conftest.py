@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from sslmedsam2.datasets.example import ExampleConfig, make_example
+from sslmedsam2.registration.syn import unpinned_environment
 from sslmedsam2.training.supervised import PROFILES, TrainingConfig, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +70,7 @@ def run_process(*args: str | Path, env: dict[str, str] | None = None,
     one (a test of defaults that depend on the working directory passes another). ITK's thread
     count is left for process.py to choose, as in a container."""
     command = [*(prefix or []), sys.executable, str(REPO / "process.py"), *map(str, args)]
-    inherited = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
-    full_env = {**inherited, "SSLMEDSAM2_WEIGHTS": "", **(env or {})}
+    full_env = {**unpinned_environment(), "SSLMEDSAM2_WEIGHTS": "", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=600,
                           cwd=cwd)
 

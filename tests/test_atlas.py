@@ -4,7 +4,6 @@ and serves as process.py's fallback."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.postprocess import binary_entropy, largest_component
 from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
 from sslmedsam2.registration.label_propagation import AtlasConfig, RegistrationError, propagate
+from sslmedsam2.registration.syn import unpinned_environment
 from sslmedsam2.supports import find_supports, same_vendor_first
 
 
@@ -241,8 +241,8 @@ def test_cli_pseudo_label_deterministic_repeats_itself_bit_for_bit(tmp_path, exa
         command = [sys.executable, "-m", "sslmedsam2", "pseudo-label", "--supports",
                    str(example_dataset.train_dir), "--unlabelled", str(example_dataset.test_input_dir),
                    "--out", str(out), "--max-supports", "1", "-q"]
-        env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                env=unpinned_environment())
         assert result.returncode == 0, result.stderr
 
     run(tmp_path / "first")

@@ -16,7 +16,7 @@ from conftest import reoriented
 
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.registration.label_propagation import AtlasConfig, for_sequences, propagate, warp_supports
-from sslmedsam2.registration.syn import SynConfig
+from sslmedsam2.registration.syn import SynConfig, unpinned_environment
 
 CHAOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos-mr-t2"
 
@@ -148,9 +148,8 @@ np.save({out!r}, warp_supports(query, [support], AtlasConfig(method="syn"), with
 def _pinned_run(tmp_path: Path, name: str, before: str = "") -> tuple[list[str], np.ndarray]:
     out = tmp_path / f"{name}.npy"
     script = PINNED.format(tests=str(Path(__file__).parent), out=str(out), before=before)
-    env = {key: value for key, value in os.environ.items() if key != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], env=unpinned_environment(),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.split(), np.load(out)
 
@@ -192,9 +191,8 @@ except UsageError as exc:
 ])
 def test_serving_pins_registration_threads_by_default(flags, before, expected):
     script = SERVING_THREADS.format(before=before, flags=flags)
-    env = {key: value for key, value in os.environ.items() if key != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], env=unpinned_environment(),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith(expected), result.stdout
     assert ("could be pinned" in result.stderr) == (before != "" and flags == "")

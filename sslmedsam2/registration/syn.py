@@ -109,6 +109,12 @@ def pin_registration_threads() -> bool:
     return True
 
 
+def unpinned_environment() -> dict[str, str]:
+    """This process's environment less the thread pin, for a child process that must choose its
+    ANTs threads itself, as a freshly started container does."""
+    return {key: value for key, value in os.environ.items() if key != ITK_THREADS}
+
+
 def _register(fixed: ants.ANTsImage, moving: ants.ANTsImage, config: SynConfig, workdir: str,
               liver: ants.ANTsImage) -> list[str]:
     """The forward transform files of ``moving`` -> ``fixed`` under ``config``'s start;
