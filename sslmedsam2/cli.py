@@ -239,6 +239,11 @@ def run_train(args: argparse.Namespace) -> int:
             section, _, key = dotted.partition(".")
             raw.setdefault(section, {})[key] = value
         config = build_config(raw, Path.cwd())
+    if args.dry_run:
+        from sslmedsam2.ssl.plan import describe_plan
+
+        print(describe_plan(config))
+        return 0
     pin_registrations(config)  # before a Ray instance started here inherits the environment
     with run_log(Path(args.run) / "train.log"):
         result = run_ssl(config, args.run, args.weights, progress=not args.quiet,
@@ -513,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_arguments(train)
     train.add_argument("--print-config", action="store_true",
                        help="print the annotated config template and exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the collections (every problem named by file) and print what "
+                            "would be trained on them, then stop; writes nothing")
     train.set_defaults(func=run_train)
 
     repro = commands.add_parser(

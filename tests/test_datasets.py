@@ -192,3 +192,23 @@ def test_ssl_loop_runs_on_a_plain_collection_and_serves_plain_inputs(plain_colle
     assert (record["sequence"], record["engine"]) == ("T2", "nnunet")
     mask = sitk.ReadImage(record["output"])
     assert same_grid(mask, sitk.ReadImage(str(image)))
+
+
+def test_train_dry_run_checks_and_plans_without_writing(tmp_path, capsys):
+    """``train --dry-run`` on a researcher's own folder: the cases it would train on and how, then
+    the same refusal as the run itself where a file is at fault; no run folder either way."""
+    from sslmedsam2.cli import main
+
+    data = tmp_path / "data"
+    for case, mask in (("p01", "{case}_liver.nii.gz"), ("p02", "{case}_liver.nii.gz"), ("p03", None)):
+        _pair(data, case, "{case}_image.nii.gz", mask)
+    run = tmp_path / "run"
+    command = ["train", "--data", str(data), "--sequences", "T2", "--run", str(run), "--dry-run"]
+    assert main([*command, "--max-rounds", "2"]) == 0
+    plan = capsys.readouterr().out
+    assert "(flat layout)" in plan and "T2: 2 labelled, 1 unlabelled" in plan
+    assert "cpu-quick profile, 25 epochs x 12 iterations" in plan and "up to 2 nnU-Net round(s)" in plan
+    _volume(data / "p03_liver.nii.gz", spacing=(1.0, 1.0, 3.0), kind="liver")  # off its image's grid
+    assert main(command) == 1
+    assert "p03_liver.nii.gz: mask off its image's grid" in capsys.readouterr().err
+    assert not run.exists()

@@ -1,0 +1,55 @@
+"""What a training run would do, said before it does anything (``sslmedsam2 train --dry-run``).
+
+A researcher pointing the loop at their own collection wants to know, before hours of nnU-Net,
+that every file pairs up and sits on its grid, how many cases count as labelled, and what will
+be trained on them. The collections are read and checked exactly as the run reads them, so a
+problem found here is the one the run would stop on; nothing is written.
+"""
+
+from __future__ import annotations
+
+from sslmedsam2.datasets import detect_layout
+from sslmedsam2.ssl.config import ScheduleConfig, SSLConfig
+from sslmedsam2.ssl.loop import SequenceCases, gather_cases
+
+
+def describe_plan(config: SSLConfig) -> str:
+    """Each sequence's cases and what trains on them, then the loop, one line each. Raises
+    (naming every file at fault) where a collection has problems, as the run would."""
+    layout = detect_layout(config.data.train) if config.data.layout == "auto" else config.data.layout
+    lines = [f"training collection: {config.data.train} ({layout} layout)"]
+    for sequence in config.data.sequences:
+        lines += _sequence_lines(config, gather_cases(config, sequence))
+    lines.append(_loop_line(config))
+    return "\n".join(lines)
+
+
+def _sequence_lines(config: SSLConfig, cases: SequenceCases) -> list[str]:
+    """The sequence's cases, and the schedules of one round and of the final model on them."""
+    held_out = f", {len(cases.holdout)} held out" if cases.holdout else ""
+    lines = [f"{cases.sequence}: {len(cases.labelled)} labelled, {len(cases.unlabelled)} "
+             f"unlabelled{held_out}"]
+    if config.pseudo_labels.engine == "none":
+        return lines + [f"  final model: {_schedule(config.final, len(cases.labelled))}"]
+    trained = len(cases.labelled) + len(cases.unlabelled)
+    return lines + [f"  each round: {_schedule(config.intermediate, trained)}",
+                    f"  final model: {_schedule(config.final, trained)}"]
+
+
+def _loop_line(config: SSLConfig) -> str:
+    """Round 0's labeller and the rounds after it, in words."""
+    labels, loop = config.pseudo_labels, config.loop
+    if labels.engine == "none":
+        return "no few-shot engine: the final model trains on the labelled cases alone"
+    partner = (f", fused with an nnU-Net trained on the labelled cases alone ({labels.fusion})"
+               if labels.fuse_labelled_only else "")
+    check = "; the export is checked against labelled-only" if loop.choose_export else ""
+    return (f"round 0: {labels.engine} few-shot pseudo labels{partner}; then up to "
+            f"{loop.max_rounds} nnU-Net round(s){check}")
+
+
+def _schedule(schedule: ScheduleConfig, n_cases: int) -> str:
+    """One training's nnU-Net schedule for a training set of ``n_cases``."""
+    profile = schedule.resolve(n_cases)
+    return (f"nnU-Net {profile.configuration}, {profile.name} profile, {profile.epochs} epochs x "
+            f"{profile.iterations_per_epoch} iterations, folds {','.join(profile.folds)}")
