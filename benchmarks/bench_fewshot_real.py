@@ -14,12 +14,14 @@ luck (on CHAOS, seed 0's single supports sit in the top 3% of random draws).
 Printed per method and k: whole-volume 3D Dice (mean +- sd, min), the few-shot literature's
 "protocol Dice" (3D Dice over the slices that hold liver in the ground truth), HD95, and seconds
 per query (the sum of its supports' registrations and the fusion, measured here, side by side).
-Resumable: each (query, support, method) warp (mask and image) is kept in --work. With
---montages DIR, one overlay picture per query: the manual mask beside the first method's default
-label for each support count.
+Resumable: each (query, support, method) warp (mask and image) is kept in --work. ANTs runs on
+one thread per process, as the container serves, so a rerun repeats every warp bit for bit; with
+--jobs N, N processes register the missing pairs side by side first (seconds per query are then
+those of one thread sharing the machine). With --montages DIR, one overlay picture per query: the
+manual mask beside the first method's default label for each support count.
 
     python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn-similarity affine] [--supports 1 3]
-        [--seed 0] [--draws 1] [--work runs/bench_fewshot_real]
+        [--seed 0] [--draws 1] [--jobs 1] [--work runs/bench_fewshot_real]
         [--json benchmarks/fewshot_real.json] [--montages DIR]
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import time
@@ -50,7 +53,7 @@ from sslmedsam2.registration.label_propagation import (
     warp_supports,
 )
 from sslmedsam2.registration.local_weighting import LocalWeighting
-from sslmedsam2.registration.syn import SynConfig
+from sslmedsam2.registration.syn import SynConfig, pin_registration_threads
 from sslmedsam2.supports import Support
 
 #: the methods compared: SyN from ANTs' affine (the engine's default before attempt 5), SyN from a
@@ -83,18 +86,25 @@ def main() -> int:
                         help="support draws per query, seeds seed .. seed+N-1; the table adds the spread "
                              "of the draws' means (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=None, help="first N patients only")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes that register the missing pairs side by side, one ANTs thread "
+                             "each (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_fewshot_real"),
                         help="cache of warped supports (delete it to time every registration afresh)")
     parser.add_argument("--json", type=Path, default=None, help="write raw figures here")
     parser.add_argument("--montages", type=Path, default=None,
                         help="write one overlay PNG per query here: manual mask and the default labels")
     args = parser.parse_args()
+    if not pin_registration_threads():
+        raise SystemExit("ANTs was loaded before its threads could be pinned")
     patients = require_clean(read_collection(args.data, "MR")).labelled
     if max(args.supports) >= len(patients) or min(args.supports) < 1 or args.draws < 1:
         parser.error(f"--supports must lie in 1..{len(patients) - 1} and --draws be at least 1")
     queries = patients[: args.queries] if args.queries else patients
     draws = [{q.case: support_draw(q, patients, max(args.supports), args.seed + d) for q in queries}
              for d in range(args.draws)]
+    if args.jobs > 1:
+        register_missing(queries, draws, args)
     rows = []
     for query in tqdm(queries, desc="queries", unit="patient"):
         rows += score_query(query, [draw[query.case] for draw in draws], args)
@@ -115,6 +125,23 @@ def support_draw(query: Support, patients: list[Support], k: int, seed: int) -> 
     others = [p for p in patients if p.case != query.case]
     rng = np.random.default_rng([seed, patients.index(query)])
     return [others[i] for i in rng.permutation(len(others))[:k]]
+
+
+def register_missing(queries: list[Support], draws: list[dict[str, list[Support]]],
+                     args: argparse.Namespace) -> None:
+    """Fill the warp cache with ``args.jobs`` processes (each pinned to one ANTs thread, as this one)."""
+    pairs = sorted({(q, s, m) for q in queries for draw in draws for s in draw[q.case] for m in args.methods},
+                   key=lambda pair: (pair[0].case, pair[1].case, pair[2]))
+    missing = [pair for pair in pairs if not _cache_paths(*pair, args.work)[2].is_file()]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        jobs = pool.imap_unordered(_register_pair, [(q, s, m, args.work) for q, s, m in missing])
+        for _ in tqdm(jobs, total=len(missing), desc="registrations", unit="pair"):
+            pass
+
+
+def _register_pair(job: tuple[Support, Support, str, Path]) -> None:
+    query, support, method, work = job
+    cached_warp(query, support, sitk.ReadImage(str(query.image)), method, work)
 
 
 def score_query(query: Support, draws: list[list[Support]], args: argparse.Namespace) -> list[dict]:
@@ -182,9 +209,7 @@ def fusions(warped: list[WarpedSupport], image: sitk.Image) -> dict[str, tuple[F
 def cached_warp(query: Support, support: Support, image: sitk.Image, method: str,
                 work: Path) -> tuple[WarpedSupport, float]:
     """One support's warped soft mask and image, and its registration time, computed once."""
-    folder = work / method / query.case
-    mask_path, image_path = folder / f"{support.case}_mask.npy", folder / f"{support.case}_image.npy"
-    meta = folder / f"{support.case}.json"
+    mask_path, image_path, meta = _cache_paths(query, support, method, work)
     if mask_path.is_file() and image_path.is_file() and meta.is_file():
         return (WarpedSupport(np.load(mask_path).astype(np.float32), np.load(image_path).astype(np.float32)),
                 json.loads(meta.read_text())["seconds"])
@@ -195,11 +220,19 @@ def cached_warp(query: Support, support: Support, image: sitk.Image, method: str
     if warped is None:  # registration failed: the support votes for nothing and looks like nothing
         empty = np.zeros(image.GetSize()[::-1], np.float32)
         warped = WarpedSupport(empty, empty)
-    folder.mkdir(parents=True, exist_ok=True)
+    meta.parent.mkdir(parents=True, exist_ok=True)
     np.save(mask_path, warped.mask.astype(np.float16))
     np.save(image_path, warped.image.astype(np.float16))
     meta.write_text(json.dumps({"seconds": round(seconds, 2)}))
     return warped, seconds
+
+
+def _cache_paths(query: Support, support: Support, method: str, work: Path) -> tuple[Path, Path, Path]:
+    """Where one warp's mask, image and timing lie; the timing is written last, so it marks a
+    complete entry."""
+    folder = work / method / query.case
+    return (folder / f"{support.case}_mask.npy", folder / f"{support.case}_image.npy",
+            folder / f"{support.case}.json")
 
 
 def protocol_dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -9,13 +9,19 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from sslmedsam2.container.budget import DEFAULT_BUDGET_S
 from sslmedsam2.errors import SSLMedSAM2Error, UsageError
 
+if TYPE_CHECKING:
+    from sslmedsam2.ssl.config import SSLConfig
+
 log = logging.getLogger("sslmedsam2")
 
 CONTAINER_MODEL_DIR = Path("/opt/ml/model")
+#: the sub-command registry of ``build_parser`` (argparse keeps its type private)
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -217,28 +223,13 @@ def run_make_example(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.logs import run_log
-    from sslmedsam2.ssl.config import TEMPLATE, build_config, load_config
+    from sslmedsam2.ssl.config import TEMPLATE
     from sslmedsam2.ssl.pipeline import pin_registrations, read_choices, run_ssl, run_summary_table
 
     if args.print_config:
         sys.stdout.write(TEMPLATE)
         return 0
-    overrides = {key: value for key, value in (
-        ("data.train", args.data and str(args.data.resolve())),
-        ("data.sequences", args.sequences and list(args.sequences)),
-        ("data.layout", args.layout),
-        ("pseudo_labels.engine", args.engine), *schedule_overrides(args)) if value is not None}
-    if args.config is not None:
-        config = load_config(args.config, overrides)
-    elif args.data is None:
-        raise UsageError("train needs --config FILE (template: sslmedsam2 train --print-config) "
-                         "or at least --data DIR")
-    else:
-        raw: dict = {}
-        for dotted, value in overrides.items():
-            section, _, key = dotted.partition(".")
-            raw.setdefault(section, {})[key] = value
-        config = build_config(raw, Path.cwd())
+    config = _train_config(args)
     if args.dry_run:
         from sslmedsam2.ssl.plan import describe_plan
 
@@ -254,6 +245,28 @@ def run_train(args: argparse.Namespace) -> int:
     log.info("weights: %s (process.py --weights %s); report: %s", result.weights_dir,
              result.weights_dir, result.report_dir)
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> SSLConfig:
+    """The config file with the command line's overrides, or the defaults with them when only
+    --data is given."""
+    from sslmedsam2.ssl.config import build_config, load_config
+
+    overrides = {key: value for key, value in (
+        ("data.train", args.data and str(args.data.resolve())),
+        ("data.sequences", args.sequences and list(args.sequences)),
+        ("data.layout", args.layout),
+        ("pseudo_labels.engine", args.engine), *schedule_overrides(args)) if value is not None}
+    if args.config is not None:
+        return load_config(args.config, overrides)
+    if args.data is None:
+        raise UsageError("train needs --config FILE (template: sslmedsam2 train --print-config) "
+                         "or at least --data DIR")
+    raw: dict = {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return build_config(raw, Path.cwd())
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -442,11 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="SSL-MedSAM2 liver segmentation in MRI: inference container, training, "
                     "evaluation with the CARE challenge metrics, example data.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    _add_infer_command(commands)
+    _add_evaluate_command(commands)
+    _add_make_example_command(commands)
+    _add_train_command(commands)
+    _add_reproduce_command(commands)
+    _add_pseudo_label_command(commands)
+    _add_check_weights_command(commands)
+    _add_montage_command(commands)
+    return parser
 
+
+def _add_infer_command(commands: Commands) -> None:
     infer = commands.add_parser("infer", help="segment volumes (what the container's process.py runs)",
                                 description=INFER_DESCRIPTION)
     add_infer_arguments(infer)
 
+
+def _add_evaluate_command(commands: Commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="Dice, Hausdorff (max) and HD95 in mm per case and sequence",
         description="Pair predictions (<case>/<SEQ>_pred.nii.gz or <name>_pred.*) with ground truth "
@@ -464,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-v", "--verbose", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
 
+
+def _add_make_example_command(commands: Commands) -> None:
     example = commands.add_parser(
         "make-example", help="synthetic CARE-like dataset grown from the bundled real MRI",
         description="Write a multi-vendor CARE-layout dataset (GED4 + T1, a few labelled training "
@@ -481,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("-v", "--verbose", action="store_true")
     example.set_defaults(func=run_make_example)
 
+
+def _add_train_command(commands: Commands) -> None:
     train = commands.add_parser(
         "train", help="the semi-supervised loop: few-shot pseudo labels, then nnU-Net rounds",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -523,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "would be trained on them, then stop; writes nothing")
     train.set_defaults(func=run_train)
 
+
+def _add_reproduce_command(commands: Commands) -> None:
     repro = commands.add_parser(
         "reproduce", help="the paper's experiment on CARE-LiSeg: check, train, submit, score",
         description="Reproduce SSL-MedSAM2 on CARE-LiSeg data: check both roots (refuses on any "
@@ -557,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check the data and print the expected cost, then stop")
     repro.set_defaults(func=run_reproduce)
 
+
+def _add_pseudo_label_command(commands: Commands) -> None:
     pseudo = commands.add_parser(
         "pseudo-label", help="few-shot pseudo labels for unlabelled volumes (resumable, shardable)",
         description="Label every <SEQ> volume under --unlabelled from the labelled GED4 supports. "
@@ -608,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("-v", "--verbose", action="store_true")
     pseudo.set_defaults(func=run_pseudo_label)
 
+
+def _add_check_weights_command(commands: Commands) -> None:
     check = commands.add_parser(
         "check-weights", help="what every model file of a weights folder is, and what it serves",
         description="Check a weights folder without loading a model: the manifest's checksums, "
@@ -624,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-v", "--verbose", action="store_true")
     check.set_defaults(func=run_check_weights)
 
+
+def _add_montage_command(commands: Commands) -> None:
     montage = commands.add_parser("montage", help="PNG of axial slices with mask contours")
     montage.add_argument("--image", type=Path, required=True)
     montage.add_argument("--mask", action="append", default=[], metavar="NAME=PATH",
@@ -633,7 +671,6 @@ def build_parser() -> argparse.ArgumentParser:
     montage.add_argument("--title", default=None)
     montage.add_argument("-v", "--verbose", action="store_true")
     montage.set_defaults(func=run_montage)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,25 @@ def test_train_dry_run_checks_and_plans_without_writing(tmp_path, capsys):
     plan = capsys.readouterr().out
     assert "(flat layout)" in plan and "T2: 2 labelled, 1 unlabelled" in plan
     assert "cpu-quick profile, 25 epochs x 12 iterations" in plan and "up to 2 nnU-Net round(s)" in plan
+    assert "round 0: atlas few-shot pseudo labels, fused with an nnU-Net trained on the labelled" in plan
+    assert "export: the SSL model or labelled-only, whichever scores better" in plan
     _volume(data / "p03_liver.nii.gz", spacing=(1.0, 1.0, 3.0), kind="liver")  # off its image's grid
     assert main(command) == 1
     assert "p03_liver.nii.gz: mask off its image's grid" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_train_dry_run_on_care_speaks_for_each_sequence(example_dataset, capsys):
+    """On a CARE root only GED4 has masks: the plan says that T1's round 0 has no labelled-only
+    partner and that its export cannot be checked, where GED4's can."""
+    from sslmedsam2.cli import main
+
+    assert main(["train", "--data", str(example_dataset.train_dir), "--sequences", "GED4,T1",
+                 "--dry-run"]) == 0
+    ged4, t1 = capsys.readouterr().out.split("\nT1: ")
+    assert "(care layout)" in ged4 and "GED4: 3 labelled, 0 unlabelled" in ged4
+    assert "fused with an nnU-Net trained on the labelled cases alone" in ged4
+    assert "whichever scores better on the labelled cases" in ged4
+    assert t1.startswith("0 labelled, 3 unlabelled")
+    assert "atlas few-shot pseudo labels alone (no labelled T1 case to train a labelled-only" in t1
+    assert "the SSL model, unchecked" in t1

@@ -25,27 +25,48 @@ def describe_plan(config: SSLConfig) -> str:
 
 
 def _sequence_lines(config: SSLConfig, cases: SequenceCases) -> list[str]:
-    """The sequence's cases, and the schedules of one round and of the final model on them."""
+    """The sequence's cases, round 0's labeller, the schedules of one round and of the final
+    model on them, and how the export is chosen."""
     held_out = f", {len(cases.holdout)} held out" if cases.holdout else ""
     lines = [f"{cases.sequence}: {len(cases.labelled)} labelled, {len(cases.unlabelled)} "
              f"unlabelled{held_out}"]
     if config.pseudo_labels.engine == "none":
         return lines + [f"  final model: {_schedule(config.final, len(cases.labelled))}"]
     trained = len(cases.labelled) + len(cases.unlabelled)
-    return lines + [f"  each round: {_schedule(config.intermediate, trained)}",
-                    f"  final model: {_schedule(config.final, trained)}"]
+    return lines + [f"  round 0: {_round_zero(config, cases)}",
+                    f"  each round: {_schedule(config.intermediate, trained)}",
+                    f"  final model: {_schedule(config.final, trained)}",
+                    f"  export: {_export(config, cases)}"]
+
+
+def _round_zero(config: SSLConfig, cases: SequenceCases) -> str:
+    """Round 0's labeller for this sequence: a labelled-only partner needs labels of its own."""
+    labels = config.pseudo_labels
+    engine = f"{labels.engine} few-shot pseudo labels"
+    if not labels.fuse_labelled_only:
+        return engine
+    if not cases.labelled:
+        return (f"{engine} alone (no labelled {cases.sequence} case to train a labelled-only "
+                "nnU-Net on)")
+    return f"{engine}, fused with an nnU-Net trained on the labelled cases alone ({labels.fusion})"
+
+
+def _export(config: SSLConfig, cases: SequenceCases) -> str:
+    """Whether the SSL model is checked against labelled-only before it is exported."""
+    if not config.loop.choose_export:
+        return "the SSL model (loop.choose_export is off)"
+    if len(cases.labelled) < 2:
+        return "the SSL model, unchecked (a check against labelled-only needs 2 labelled cases)"
+    return "the SSL model or labelled-only, whichever scores better on the labelled cases"
 
 
 def _loop_line(config: SSLConfig) -> str:
-    """Round 0's labeller and the rounds after it, in words."""
-    labels, loop = config.pseudo_labels, config.loop
-    if labels.engine == "none":
+    """The rounds after round 0, in words."""
+    loop = config.loop
+    if config.pseudo_labels.engine == "none":
         return "no few-shot engine: the final model trains on the labelled cases alone"
-    partner = (f", fused with an nnU-Net trained on the labelled cases alone ({labels.fusion})"
-               if labels.fuse_labelled_only else "")
-    check = "; the export is checked against labelled-only" if loop.choose_export else ""
-    return (f"round 0: {labels.engine} few-shot pseudo labels{partner}; then up to "
-            f"{loop.max_rounds} nnU-Net round(s){check}")
+    return (f"rounds: up to {loop.max_rounds} nnU-Net round(s) after round 0, stopping once one "
+            f"round's pseudo labels agree with the last's (Dice >= {loop.convergence_dice})")
 
 
 def _schedule(schedule: ScheduleConfig, n_cases: int) -> str:
