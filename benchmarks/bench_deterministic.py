@@ -13,7 +13,7 @@ repeats' probability maps are identical, the largest Dice swing between repeats 
 the mean Dice against the manual masks.
 
     python benchmarks/bench_deterministic.py [--data DIR] [--queries N] [--repeats 2] [--supports 1]
-        [--work runs/bench_deterministic] [--json benchmarks/deterministic_chaos.json]
+        [--work runs/bench_deterministic] [--json benchmarks/raw/deterministic_chaos.json]
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ manual mask beside the first method's default label for each support count.
 
     python benchmarks/bench_fewshot_real.py [--data DIR] [--methods syn-similarity affine] [--supports 1 3]
         [--seed 0] [--draws 1] [--jobs 1] [--work runs/bench_fewshot_real]
-        [--json benchmarks/fewshot_real.json] [--montages DIR]
+        [--json benchmarks/raw/fewshot_real.json] [--montages DIR]
 """
 
 from __future__ import annotations

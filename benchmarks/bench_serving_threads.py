@@ -13,7 +13,7 @@ collection's masks (cases the weights were trained on score high: pass held-out 
 
     python benchmarks/bench_serving_threads.py --weights RUN/weights [--data DIR]
         [--cases chaos_mr_t2_15,chaos_mr_t2_20] [--repeats 2] [--work runs/bench_serving_threads]
-        [--json benchmarks/serving_threads.json]
+        [--json benchmarks/raw/serving_threads.json]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ metrics (Dice, HD95):
 
 Every arm goes through ``sslmedsam2 train``'s library entry point (``run_ssl``) with its own run
 folder, so a rerun resumes instead of starting over. Writes the table to stdout and the figures
-to ``--json`` (default benchmarks/ssl_miniature.json).
+to ``--json`` (default benchmarks/raw/ssl_miniature.json).
 
     python benchmarks/bench_ssl.py --work runs/bench-ssl [--unlabelled 12] [--test 6] [--profile cpu-quick]
                                    [--epochs N] [--ignore BITS] [--variability V]
@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--convergence", type=float, default=0.98)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/ssl_miniature.json"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/raw/ssl_miniature.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
