@@ -298,7 +298,8 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     from sslmedsam2.executors import make_executor
     from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
 
-    pin_unless_threaded(args)
+    if args.method == "atlas":  # the other methods register nothing: their threads stay free
+        pin_unless_threaded(args)
     try:
         shard = Shard.parse(args.shard)
     except ValueError as exc:
