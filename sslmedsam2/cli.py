@@ -194,11 +194,18 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from sslmedsam2.evaluation.folders import evaluate_folders, failures, summary_table, write_csv
 
+    if args.images and not args.montages:
+        raise UsageError("--images tells --montages where the images are; give --montages DIR too")
     results = evaluate_folders(args.pred, args.gt, progress=not args.quiet, sequences=args.sequences)
     if args.out:
         write_csv(results, args.out)
         log.info("per-case results written to %s", args.out)
     print(summary_table(results))
+    if args.montages:
+        from sslmedsam2.evaluation.case_montages import save_case_montages
+
+        pictures = save_case_montages(results, args.montages, args.images, progress=not args.quiet)
+        log.info("%d overlay picture(s), worst Dice first, in %s", len(pictures), args.montages)
     problems = failures(results, args.min_dice)
     for problem in problems:
         log.error("%s", problem)
@@ -487,6 +494,13 @@ def _add_evaluate_command(commands: Commands) -> None:
                           help="score only these sequences, e.g. GED4 (default: all found)")
     evaluate.add_argument("--min-dice", type=float, default=None,
                           help="exit 1 when any case scores below this Dice")
+    evaluate.add_argument("--montages", type=Path, default=None, metavar="DIR",
+                          help="one PNG per case here, prediction (red) and ground truth (green) "
+                               "on the image, numbered worst Dice first")
+    evaluate.add_argument("--images", type=Path, default=None, metavar="DIR",
+                          help="for --montages, where the images are when they do not lie beside "
+                               "the ground truth: a CARE input root (<case>/<SEQ>.nii.gz) or a "
+                               "folder of <name>.nii.gz (or <name>_0000, <name>_image)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("-v", "--verbose", action="store_true")
     evaluate.set_defaults(func=run_evaluate)

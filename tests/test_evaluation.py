@@ -168,3 +168,45 @@ def test_unreadable_prediction_is_an_error_for_that_case(tmp_path):
     (pred / "c" / "T2_pred.nii.gz").write_bytes(b"not a nifti")
     [result] = evaluate_folders(pred, gt, progress=False)
     assert result.dice is None and "cannot be read" in result.error and "T2_pred" in result.error
+
+
+def test_montages_worst_first_with_images_beside_or_elsewhere(care_folders, tmp_path, capsys):
+    """``evaluate --montages``: a picture per scored case, numbered worst Dice first; images found
+    beside the ground truth or in --images (CARE input layout); a case without one is named."""
+    from sslmedsam2.cli import main
+
+    pred, gt = care_folders
+    images = tmp_path / "input"
+    write(images / "Vendor_A" / "0001-A" / "T1.nii.gz", (cube() * 50).astype(np.int16))
+    write(images / "Vendor_B1" / "0002-B1" / "GED4.nii.gz", (cube() * 80).astype(np.int16))
+    out = tmp_path / "pictures"
+    command = ["evaluate", "--pred", str(pred), "--gt", str(gt), "-q", "--montages", str(out)]
+    assert main([*command, "--images", str(images)]) == 1  # 0003-A's grid and 0009-A's orphan
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["001_0002-B1_GED4.png", "002_0001-A_T1.png", "003_0001-A_GED4.png"]
+    assert all((out / name).read_bytes().startswith(b"\x89PNG") for name in names)
+
+    capsys.readouterr()
+    bare = tmp_path / "bare"
+    main([*command[:-1], str(bare)])
+    assert sorted(p.name for p in bare.iterdir()) == ["003_0001-A_GED4.png"]  # its image lies beside
+    assert "0001-A/T1: no image beside" in capsys.readouterr().err
+
+
+def test_montages_find_plain_images_by_name(tmp_path):
+    from sslmedsam2.evaluation.case_montages import save_case_montages
+
+    gt, pred, images = tmp_path / "gt", tmp_path / "pred", tmp_path / "images"
+    write(gt / "liver7.nii.gz", cube())
+    write(pred / "liver7_pred.nii.gz", cube(offset=3))
+    write(images / "liver7_0000.nii.gz", (cube() * 90).astype(np.int16))
+    results = evaluate_folders(pred, gt, progress=False)
+    (picture,) = save_case_montages(results, tmp_path / "out", images, progress=False)
+    assert picture.name == "001_liver7.png" and picture.stat().st_size > 1000
+
+
+def test_images_without_montages_is_a_usage_error(care_folders, tmp_path):
+    from sslmedsam2.cli import main
+
+    pred, gt = care_folders
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--images", str(tmp_path)]) == 1
