@@ -22,6 +22,8 @@ log = logging.getLogger("sslmedsam2")
 CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 #: the sub-command registry of ``build_parser`` (argparse keeps its type private)
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+#: ``datasets.chaos.SEQUENCES``' names, here so that ``--help`` need not import SimpleITK
+CHAOS_SEQUENCES = ("T2SPIR", "T1DUAL-in", "T1DUAL-out")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -421,6 +423,29 @@ def executor_config(args: argparse.Namespace):
                           task=task, fold_task=fold)
 
 
+def run_convert_chaos(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sslmedsam2.datasets.chaos import convert_patient, find_patients
+
+    patients = find_patients(args.chaos, args.sequence)
+    if not patients:
+        raise UsageError(f"{args.chaos}: no CHAOS MR patient with {args.sequence} "
+                         "(expected <id>/T2SPIR/DICOM_anon or <id>/T1DUAL/DICOM_anon/InPhase)")
+    failed = 0
+    for patient in tqdm(patients, desc="patients", unit="patient", disable=args.quiet):
+        if patient.outputs(args.out)[0].is_file():
+            continue  # done by an earlier run: the image is written last
+        try:
+            convert_patient(patient, args.out)
+        except SSLMedSAM2Error as exc:
+            log.error("%s: %s", patient.case, exc)
+            failed += 1
+    log.info("%d of %d patients in %s (%s: <case>_image.nii.gz + <case>_liver.nii.gz)",
+             len(patients) - failed, len(patients), args.out, args.sequence)
+    return 1 if failed else 0
+
+
 def run_montage(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
@@ -471,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pseudo_label_command(commands)
     _add_check_weights_command(commands)
     _add_montage_command(commands)
+    _add_convert_chaos_command(commands)
     return parser
 
 
@@ -686,6 +712,29 @@ def _add_montage_command(commands: Commands) -> None:
     montage.add_argument("--title", default=None)
     montage.add_argument("-v", "--verbose", action="store_true")
     montage.set_defaults(func=run_montage)
+
+
+def _add_convert_chaos_command(commands: Commands) -> None:
+    convert = commands.add_parser(
+        "convert-chaos", help="the CHAOS MR download (DICOM + PNG labels) as NIfTI images and liver masks",
+        description="Read the CHAOS challenge's MR patients (Zenodo doi 10.5281/zenodo.3431873, CC "
+                    "BY-NC-SA 4.0: keep the output out of anything you redistribute) and write "
+                    "<out>/chaos_<sequence>_<id>_image.nii.gz + _liver.nii.gz on each DICOM series' "
+                    "own grid, the flat layout that train, the benchmarks and evaluate read. Each "
+                    "label PNG is placed on the slice of the DICOM file it belongs to. Resumable: "
+                    "patients already written are skipped; a patient that fails is named and the "
+                    "others are still converted (exit code 1).",
+        epilog="example: sslmedsam2 convert-chaos --chaos CHAOS_Train_Sets/Train_Sets/MR "
+               "--out chaos-t2 && python benchmarks/bench_fewshot_real.py --data chaos-t2")
+    convert.add_argument("--chaos", type=Path, required=True,
+                         help="the unpacked download, its Train_Sets/MR folder, or one patient folder")
+    convert.add_argument("--out", type=Path, required=True, help="output folder")
+    convert.add_argument("--sequence", choices=CHAOS_SEQUENCES, default="T2SPIR",
+                         help="which series (default T2SPIR; T1DUAL-in / -out: the in- or "
+                              "opposed-phase T1, both with T1DUAL's labels)")
+    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    convert.add_argument("-v", "--verbose", action="store_true")
+    convert.set_defaults(func=run_convert_chaos)
 
 
 def main(argv: list[str] | None = None) -> int:

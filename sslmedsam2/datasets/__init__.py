@@ -1,4 +1,5 @@
-"""Readers for labelled MRI collections: CARE, nnU-Net raw, images + masks folders, flat pairs."""
+"""Readers for labelled MRI collections: CARE, nnU-Net raw, images + masks folders, flat pairs;
+the CHAOS MR download converted into flat pairs (``chaos``)."""
 
 from sslmedsam2.datasets.check import CollectionError, check_collection, require_clean
 from sslmedsam2.datasets.collection import LAYOUTS, Collection, detect_layout, read_collection

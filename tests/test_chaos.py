@@ -1,0 +1,103 @@
+"""``convert-chaos``: CHAOS MR's DICOM series and label PNGs as a flat NIfTI collection.
+
+The real download cannot be used here (CC BY-NC-SA, not on this machine), so each test writes a
+DICOM series in its layout with SimpleITK: instance numbers running against the slices' geometric
+order, label PNGs with the liver's grey beside a kidney's, so a slice stacked in the wrong order
+or a kidney taken for liver fails the comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from sslmedsam2.cli import CHAOS_SEQUENCES, main
+from sslmedsam2.datasets import read_collection, require_clean
+from sslmedsam2.datasets.chaos import SEQUENCES, find_patients
+
+SHAPE = (6, 24, 20)  # slices, rows, columns
+SPACING = (1.5, 1.4, 6.0)
+ORIGIN = (-12.0, 30.0, 55.0)
+
+
+def _write_series(folder: Path, volume: np.ndarray, labels: np.ndarray, ground: Path,
+                  png_names_match: bool = True) -> None:
+    """One file per slice, named in reverse geometric order (IMG-0001-00001 is the top slice)."""
+    folder.mkdir(parents=True)
+    ground.mkdir(parents=True, exist_ok=True)
+    depth = volume.shape[0]
+    for z in range(depth):
+        number = depth - z
+        image = sitk.GetImageFromArray(volume[z:z + 1])
+        image.SetSpacing(SPACING)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        tags = {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.1.42", "0020|0013": str(number),
+                "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": f"{SPACING[1]}\\{SPACING[0]}",
+                "0018|0050": str(SPACING[2]),
+                "0020|0032": "\\".join(str(v) for v in (ORIGIN[0], ORIGIN[1], ORIGIN[2] + z * SPACING[2]))}
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IMG-0001-{number:05d}.dcm"))
+        writer.Execute(image)
+        png = f"IMG-0001-{number:05d}" if png_names_match else f"liver_{number:03d}"
+        sitk.WriteImage(sitk.GetImageFromArray(labels[z].astype(np.uint8)), str(ground / f"{png}.png"))
+
+
+def _patient(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A volume, its label map (liver 63, a kidney 126) and the liver alone, slice by slice."""
+    rng = np.random.default_rng(seed)
+    volume = rng.integers(0, 800, SHAPE).astype(np.int16)
+    labels = np.zeros(SHAPE, np.uint8)
+    for z in range(SHAPE[0]):
+        labels[z, 2:6 + 2 * z, 3:10] = 63  # grows slice by slice: the order shows
+    labels[1:4, 15:20, 12:18] = 126
+    return volume, labels, labels == 63
+
+
+def test_convert_chaos_places_each_label_on_its_slice(tmp_path, capsys):
+    root = tmp_path / "Train_Sets" / "MR"
+    expected = {}
+    for pid, names_match in (("1", True), ("10", False)):
+        volume, labels, liver = _patient(int(pid))
+        _write_series(root / pid / "T2SPIR" / "DICOM_anon", volume, labels, root / pid / "T2SPIR" / "Ground",
+                      png_names_match=names_match)
+        expected[f"chaos_t2spir_{pid}"] = (volume, liver)
+    (root / "3" / "T2SPIR" / "DICOM_anon").mkdir(parents=True)  # a patient without a series
+    out = tmp_path / "nifti"
+
+    assert main(["convert-chaos", "--chaos", str(tmp_path), "--out", str(out), "-q"]) == 1
+    assert "chaos_t2spir_3: " in capsys.readouterr().err
+    collection = require_clean(read_collection(out, "T2SPIR"))
+    assert [case.case for case in collection.labelled] == ["chaos_t2spir_1", "chaos_t2spir_10"]
+    for case in collection.labelled:
+        volume, liver = expected[case.case]
+        image, mask = sitk.ReadImage(str(case.image)), sitk.ReadImage(str(case.mask))
+        assert np.array_equal(sitk.GetArrayFromImage(image), volume)
+        assert np.array_equal(sitk.GetArrayFromImage(mask), liver.astype(np.uint8))
+        assert np.allclose(image.GetSpacing(), SPACING) and np.allclose(image.GetOrigin(), ORIGIN)
+        assert mask.GetSpacing() == image.GetSpacing() and mask.GetOrigin() == image.GetOrigin()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial file left
+
+    written = (out / "chaos_t2spir_1_image.nii.gz").stat().st_mtime_ns
+    main(["convert-chaos", "--chaos", str(root / "1"), "--out", str(out), "-q"])  # one patient, done
+    assert (out / "chaos_t2spir_1_image.nii.gz").stat().st_mtime_ns == written
+
+
+def test_convert_chaos_names_a_label_count_that_does_not_match(tmp_path, capsys):
+    volume, labels, _ = _patient(5)
+    patient = tmp_path / "5"
+    _write_series(patient / "T1DUAL" / "DICOM_anon" / "InPhase", volume, labels, patient / "T1DUAL" / "Ground")
+    next((patient / "T1DUAL" / "Ground").iterdir()).unlink()
+    assert [p.case for p in find_patients(tmp_path, "T1DUAL-in")] == ["chaos_t1dual_in_5"]
+    assert find_patients(tmp_path, "T2SPIR") == []
+    assert main(["convert-chaos", "--chaos", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--sequence", "T1DUAL-in", "-q"]) == 1
+    assert "Ground: 5 label PNGs for 6 DICOM slices" in capsys.readouterr().err
+    assert main(["convert-chaos", "--chaos", str(tmp_path), "--out", str(tmp_path / "o"), "-q"]) == 1
+
+
+def test_cli_offers_every_chaos_sequence():
+    assert CHAOS_SEQUENCES == tuple(SEQUENCES)
