@@ -34,7 +34,8 @@ def _write_series(folder: Path, volume: np.ndarray, labels: np.ndarray, ground: 
         image.SetSpacing(SPACING)
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
-        tags = {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.1.42", "0020|0013": str(number),
+        tags = {"0008|0060": "MR", "0020|0013": str(number),
+                "0020|000e": f"1.2.826.0.1.3680043.2.1125.1.{number}",  # as in CHAOS: one per file
                 "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": f"{SPACING[1]}\\{SPACING[0]}",
                 "0018|0050": str(SPACING[2]),
                 "0020|0032": "\\".join(str(v) for v in (ORIGIN[0], ORIGIN[1], ORIGIN[2] + z * SPACING[2]))}
@@ -69,7 +70,7 @@ def test_convert_chaos_places_each_label_on_its_slice(tmp_path, capsys):
     out = tmp_path / "nifti"
 
     assert main(["convert-chaos", "--chaos", str(tmp_path), "--out", str(out), "-q"]) == 1
-    assert "chaos_t2spir_3: " in capsys.readouterr().err
+    assert "chaos_t2spir_3: " in (err := capsys.readouterr().err) and "DICOM_anon: no DICOM files" in err
     collection = require_clean(read_collection(out, "T2SPIR"))
     assert [case.case for case in collection.labelled] == ["chaos_t2spir_1", "chaos_t2spir_10"]
     for case in collection.labelled:
@@ -89,7 +90,8 @@ def test_convert_chaos_places_each_label_on_its_slice(tmp_path, capsys):
 def test_convert_chaos_names_a_label_count_that_does_not_match(tmp_path, capsys):
     volume, labels, _ = _patient(5)
     patient = tmp_path / "5"
-    _write_series(patient / "T1DUAL" / "DICOM_anon" / "InPhase", volume, labels, patient / "T1DUAL" / "Ground")
+    series = patient / "T1DUAL" / "DICOM_anon" / "InPhase"
+    _write_series(series, volume, labels, patient / "T1DUAL" / "Ground")
     next((patient / "T1DUAL" / "Ground").iterdir()).unlink()
     assert [p.case for p in find_patients(tmp_path, "T1DUAL-in")] == ["chaos_t1dual_in_5"]
     assert find_patients(tmp_path, "T2SPIR") == []

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sslmedsam2.errors import InputError
-from sslmedsam2.io import mask_image, write_image_atomic
+from sslmedsam2.io import itk_reason, mask_image, write_image_atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ SEQUENCES: dict[str, tuple[str, str]] = {
     "T1DUAL-in": ("T1DUAL/DICOM_anon/InPhase", "T1DUAL/Ground"),
     "T1DUAL-out": ("T1DUAL/DICOM_anon/OutPhase", "T1DUAL/Ground"),
 }
-#: the CHAOS MR label PNGs' grey range for the liver (its value is 63)
+#: the CHAOS MR label PNGs' grey range for the liver, lower bound excluded (its value is 63)
 LIVER_GREYS = (55, 70)
 
 
@@ -78,16 +78,32 @@ def _patient_order(folder: Path) -> tuple[int, str]:
 
 
 def _read_series(folder: Path) -> tuple[sitk.Image, list[str]]:
-    """The folder's one DICOM series, and its files in geometric order."""
-    if not folder.is_dir():
-        raise InputError(folder, "no such folder")
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if len(series) != 1:
-        raise InputError(folder, f"{len(series)} DICOM series; expected one")
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    """The folder's DICOM slices as one volume, and its files in geometric order. CHAOS gives
+    each slice file its own identifiers, so slices are ordered by where they lie, not grouped
+    by series."""
+    files = sorted(str(path) for path in folder.glob("*.dcm")) if folder.is_dir() else []
+    if not files:
+        raise InputError(folder, "no DICOM files (*.dcm)")
+    files.sort(key=_position_along_normal)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    return reader.Execute(), files
+    try:
+        return reader.Execute(), files
+    except RuntimeError as exc:
+        raise InputError(folder, f"its slices do not make one volume ({itk_reason(str(exc))})") from None
+
+
+def _position_along_normal(file: str) -> float:
+    """How far the slice lies along its own normal (ImagePositionPatient . row x column)."""
+    header = sitk.ImageFileReader()
+    header.SetFileName(file)
+    try:
+        header.ReadImageInformation()
+        position = np.array([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+        cosines = np.array([float(v) for v in header.GetMetaData("0020|0037").split("\\")])
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(file, f"no slice position in its DICOM header ({str(exc).strip()[:120]})") from None
+    return float(position @ np.cross(cosines[:3], cosines[3:]))
 
 
 def _labels_by_slice(ground: Path, files: list[str]) -> list[Path]:
@@ -112,4 +128,4 @@ def _liver_slice(png: Path, image: sitk.Image) -> np.ndarray:
     if grey.shape != (image.GetSize()[1], image.GetSize()[0]):
         raise InputError(png, f"{grey.shape[1]} x {grey.shape[0]} pixels; its DICOM slice is "
                          f"{image.GetSize()[0]} x {image.GetSize()[1]}")
-    return (grey >= LIVER_GREYS[0]) & (grey <= LIVER_GREYS[1])
+    return (grey > LIVER_GREYS[0]) & (grey <= LIVER_GREYS[1])
