@@ -8,7 +8,10 @@ or a kidney taken for liver fails the comparison.
 
 from __future__ import annotations
 
+import locale
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,6 +23,17 @@ from sslmedsam2.datasets.chaos import SEQUENCES, find_patients
 SHAPE = (6, 24, 20)  # slices, rows, columns
 SPACING = (1.5, 1.4, 6.0)
 ORIGIN = (-12.0, 30.0, 55.0)
+
+
+@contextmanager
+def _locale_kept() -> Iterator[None]:
+    """GDCM's DICOM writer leaves the process in the C locale; later tests that decode a
+    subprocess's output by the locale would then read UTF-8 as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def _write_series(folder: Path, volume: np.ndarray, labels: np.ndarray, ground: Path,
@@ -42,7 +56,8 @@ def _write_series(folder: Path, volume: np.ndarray, labels: np.ndarray, ground: 
         for tag, value in tags.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"IMG-0001-{number:05d}.dcm"))
-        writer.Execute(image)
+        with _locale_kept():
+            writer.Execute(image)
         png = f"IMG-0001-{number:05d}" if png_names_match else f"liver_{number:03d}"
         sitk.WriteImage(sitk.GetImageFromArray(labels[z].astype(np.uint8)), str(ground / f"{png}.png"))
 
@@ -68,6 +83,7 @@ def test_convert_chaos_places_each_label_on_its_slice(tmp_path, capsys):
         expected[f"chaos_t2spir_{pid}"] = (volume, liver)
     (root / "3" / "T2SPIR" / "DICOM_anon").mkdir(parents=True)  # a patient without a series
     out = tmp_path / "nifti"
+    encoding = locale.getpreferredencoding(False)
 
     assert main(["convert-chaos", "--chaos", str(tmp_path), "--out", str(out), "-q"]) == 1
     assert "chaos_t2spir_3: " in (err := capsys.readouterr().err) and "DICOM_anon: no DICOM files" in err
@@ -81,6 +97,7 @@ def test_convert_chaos_places_each_label_on_its_slice(tmp_path, capsys):
         assert np.allclose(image.GetSpacing(), SPACING) and np.allclose(image.GetOrigin(), ORIGIN)
         assert mask.GetSpacing() == image.GetSpacing() and mask.GetOrigin() == image.GetOrigin()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial file left
+    assert locale.getpreferredencoding(False) == encoding  # reading DICOM keeps the process's locale
 
     written = (out / "chaos_t2spir_1_image.nii.gz").stat().st_mtime_ns
     main(["convert-chaos", "--chaos", str(root / "1"), "--out", str(out), "-q"])  # one patient, done
