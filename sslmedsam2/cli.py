@@ -196,8 +196,10 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from sslmedsam2.evaluation.folders import evaluate_folders, failures, summary_table, write_csv
 
-    if args.images and not args.montages:
-        raise UsageError("--images tells --montages where the images are; give --montages DIR too")
+    if (args.images or args.worst) and not args.montages:
+        raise UsageError("--images and --worst shape --montages' pictures; give --montages DIR too")
+    if args.worst is not None and args.worst < 1:
+        raise UsageError(f"--worst must be at least 1, got {args.worst}")
     results = evaluate_folders(args.pred, args.gt, progress=not args.quiet, sequences=args.sequences)
     if args.out:
         write_csv(results, args.out)
@@ -206,7 +208,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.montages:
         from sslmedsam2.evaluation.case_montages import save_case_montages
 
-        pictures = save_case_montages(results, args.montages, args.images, progress=not args.quiet)
+        pictures = save_case_montages(results, args.montages, args.images, progress=not args.quiet,
+                                      worst=args.worst)
         log.info("%d overlay picture(s), worst Dice first, in %s", len(pictures), args.montages)
     problems = failures(results, args.min_dice)
     for problem in problems:
@@ -527,6 +530,8 @@ def _add_evaluate_command(commands: Commands) -> None:
                           help="for --montages, where the images are when they do not lie beside "
                                "the ground truth: a CARE input root (<case>/<SEQ>.nii.gz) or a "
                                "folder of <name>.nii.gz (or <name>_0000, <name>_image)")
+    evaluate.add_argument("--worst", type=int, default=None, metavar="N",
+                          help="for --montages, only the N cases of lowest Dice (default: every case)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("-v", "--verbose", action="store_true")
     evaluate.set_defaults(func=run_evaluate)

@@ -192,6 +192,10 @@ def test_montages_worst_first_with_images_beside_or_elsewhere(care_folders, tmp_
     assert sorted(p.name for p in bare.iterdir()) == ["003_0001-A_GED4.png"]  # its image lies beside
     assert "0001-A/T1: no image beside" in capsys.readouterr().err
 
+    worst = tmp_path / "worst"
+    main([*command[:-1], str(worst), "--images", str(images), "--worst", "2"])
+    assert sorted(p.name for p in worst.iterdir()) == ["001_0002-B1_GED4.png", "002_0001-A_T1.png"]
+
 
 def test_montages_find_plain_images_by_name(tmp_path):
     from sslmedsam2.evaluation.case_montages import save_case_montages
@@ -205,8 +209,12 @@ def test_montages_find_plain_images_by_name(tmp_path):
     assert picture.name == "001_liver7.png" and picture.stat().st_size > 1000
 
 
-def test_images_without_montages_is_a_usage_error(care_folders, tmp_path):
+def test_montage_options_without_montages_or_out_of_range_are_usage_errors(care_folders, tmp_path):
     from sslmedsam2.cli import main
 
     pred, gt = care_folders
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--images", str(tmp_path)]) == 1
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--worst", "3"]) == 1
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--montages", str(tmp_path / "m"),
+                 "--worst", "0"]) == 1
+    assert not (tmp_path / "m").exists()

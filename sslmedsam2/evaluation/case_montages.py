@@ -29,10 +29,11 @@ PLAIN_IMAGE_STEMS = ("{name}", "{name}_0000", "{name}_image")
 
 
 def save_case_montages(results: Iterable[CaseResult], out_dir: Path, images_dir: Path | None = None,
-                       progress: bool = True) -> list[Path]:
-    """A PNG per scored case in ``out_dir``, ``<rank>_<case>[_<SEQ>].png`` with rank 1 the worst
-    Dice. A case whose image cannot be found or read is skipped with a warning naming it."""
-    scored = sorted((r for r in results if r.dice is not None), key=lambda r: (r.dice, r.label))
+                       progress: bool = True, worst: int | None = None) -> list[Path]:
+    """A PNG per scored case in ``out_dir`` (only the ``worst`` lowest Dice when given),
+    ``<rank>_<case>[_<SEQ>].png`` with rank 1 the worst Dice. A case whose image cannot be found
+    or read is skipped with a warning naming it."""
+    scored = sorted((r for r in results if r.dice is not None), key=lambda r: (r.dice, r.label))[:worst]
     written = []
     for rank, result in enumerate(tqdm(scored, desc="montages", unit="case", disable=not progress), 1):
         image_path = find_image(result, images_dir)
