@@ -34,9 +34,10 @@ def save_case_montages(results: Iterable[CaseResult], out_dir: Path, images_dir:
     ``<rank>_<case>[_<SEQ>].png`` with rank 1 the worst Dice. A case whose image cannot be found
     or read is skipped with a warning naming it."""
     scored = sorted((r for r in results if r.dice is not None), key=lambda r: (r.dice, r.label))[:worst]
+    case_images = _case_folder_images(images_dir)
     written = []
     for rank, result in enumerate(tqdm(scored, desc="montages", unit="case", disable=not progress), 1):
-        image_path = find_image(result, images_dir)
+        image_path = find_image(result, images_dir, case_images)
         if image_path is None:
             where = f" or in {images_dir}" if images_dir else " (give --images DIR)"
             log.warning("%s: no image beside %s%s; no picture", result.label, result.gt_path, where)
@@ -52,8 +53,10 @@ def save_case_montages(results: Iterable[CaseResult], out_dir: Path, images_dir:
     return written
 
 
-def find_image(result: CaseResult, images_dir: Path | None) -> Path | None:
-    """The image a case's masks lie on, or None."""
+def find_image(result: CaseResult, images_dir: Path | None,
+               case_images: dict[tuple[str, str], Path]) -> Path | None:
+    """The image a case's masks lie on, or None; ``case_images`` indexes ``images_dir``'s case
+    folders (:func:`_case_folder_images`)."""
     gt = Path(result.gt_path) if result.gt_path else None
     if result.sequence and gt is not None:
         beside = _named(gt.parent, (result.sequence,))
@@ -62,10 +65,19 @@ def find_image(result: CaseResult, images_dir: Path | None) -> Path | None:
     if images_dir is None or not images_dir.is_dir():
         return None
     if result.sequence:
-        return next((p for p in sorted(images_dir.rglob(f"{result.sequence}.*"))
-                     if p.parent.name == result.case and volume_stem(p) == result.sequence
-                     and is_volume_file(p)), None)
+        return case_images.get((result.case, result.sequence))
     return _named(images_dir, tuple(stem.format(name=result.case) for stem in PLAIN_IMAGE_STEMS))
+
+
+def _case_folder_images(images_dir: Path | None) -> dict[tuple[str, str], Path]:
+    """Every volume below ``images_dir`` by (its folder's name, its name without suffix), walked
+    once for all cases; the first in name order wins."""
+    index: dict[tuple[str, str], Path] = {}
+    if images_dir is not None and images_dir.is_dir():
+        for path in sorted(images_dir.rglob("*")):
+            if is_volume_file(path):
+                index.setdefault((path.parent.name, volume_stem(path)), path)
+    return index
 
 
 def _named(folder: Path, stems: tuple[str, ...]) -> Path | None:
