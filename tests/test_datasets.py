@@ -218,15 +218,15 @@ def test_train_dry_run_checks_and_plans_without_writing(tmp_path, capsys):
 
 def test_train_dry_run_on_care_speaks_for_each_sequence(example_dataset, capsys):
     """On a CARE root only GED4 has masks: the plan says that T1's round 0 has no labelled-only
-    partner and that its export cannot be checked, where GED4's can."""
+    partner and that its export cannot be checked; this root's GED4 cases are all labelled, so
+    GED4 trains no rounds."""
     from sslmedsam2.cli import main
 
     assert main(["train", "--data", str(example_dataset.train_dir), "--sequences", "GED4,T1",
                  "--dry-run"]) == 0
     ged4, t1 = capsys.readouterr().out.split("\nT1: ")
     assert "(care layout)" in ged4 and "GED4: 3 labelled, 0 unlabelled" in ged4
-    assert "fused with an nnU-Net trained on the labelled cases alone" in ged4
-    assert "whichever scores better on the labelled cases" in ged4
+    assert "no unlabelled case to pseudo-label: no rounds" in ged4 and "round 0" not in ged4
     assert t1.startswith("0 labelled, 3 unlabelled")
     assert "atlas few-shot pseudo labels alone (no labelled T1 case to train a labelled-only" in t1
     assert "the SSL model, unchecked" in t1

@@ -262,6 +262,18 @@ def test_labelled_only_baseline_trains_without_pseudo_labels(ssl_data, tmp_path)
     assert result.records[0].holdout_cases == 2
 
 
+def test_a_collection_without_unlabelled_cases_trains_no_rounds(example_dataset, tmp_path, caplog):
+    """Every case labelled (CHAOS as it lies): a round would only retrain the labelled-only
+    model, so the loop says so and trains the final model once, on the labelled cases."""
+    raw = raw_config(example_dataset, loop={"choose_export": True})
+    with caplog.at_level("WARNING", logger="sslmedsam2.ssl.loop"):
+        result = run_ssl(build_config(raw, Path.cwd()), tmp_path / "run", progress=False)
+    assert [(r.step, r.labelled, r.based_on, r.export) for r in result.records] == [
+        ("final", 3, None, None)]
+    assert "GED4: no unlabelled case to pseudo-label" in caplog.text
+    assert not (tmp_path / "run" / "GED4" / "round_00").exists()
+
+
 def test_fused_round_zero_keeps_where_atlas_and_labelled_only_agree(ssl_data, tmp_path):
     """Round 0 trains nnU-Net on the labelled cases, labels every case with both engines and keeps
     their intersection; the final model is not trained on where they differ."""

@@ -230,7 +230,8 @@ class SemiSupervisedRun:
         the model to export (the SSL one, or labelled-only where that measured better)."""
         cases = gather_cases(self.config, sequence)
         records: list[StepRecord] = []
-        if self.config.pseudo_labels.engine != "none":
+        semi_supervised = self._semi_supervised(cases)
+        if semi_supervised:
             if not self.supports:
                 raise SSLMedSAM2Error(f"{self.config.data.train}: no labelled case (image with "
                                       "a mask) to draw pseudo labels from")
@@ -245,7 +246,7 @@ class SemiSupervisedRun:
                     break
         (final, model), labels_dir = self._final(cases, self._chosen(records))
         records.append(final)
-        if self.config.pseudo_labels.engine == "none" or not self.config.loop.choose_export:
+        if not semi_supervised or not self.config.loop.choose_export:
             return records, model
         final.export = choose_export(self, cases, final, labels_dir).exported
         write_record(self.step_dir(sequence, "final"), final)
@@ -253,6 +254,17 @@ class SemiSupervisedRun:
             return records, model
         fallback, model = self._labelled_only(cases)
         return records + [fallback], model
+
+    def _semi_supervised(self, cases: SequenceCases) -> bool:
+        """Whether there is anything for pseudo labels to teach: a few-shot engine and unlabelled
+        cases. Without unlabelled cases every round would retrain the labelled-only model."""
+        if self.config.pseudo_labels.engine == "none":
+            return False
+        if not cases.unlabelled:
+            log.warning("%s: no unlabelled case to pseudo-label; the final model trains on the %d "
+                        "labelled case(s) alone", cases.sequence, len(cases.labelled))
+            return False
+        return True
 
     def score_served(self, sequence: str, weights_dir: Path, exported: StepRecord) -> StepRecord | None:
         """The held-out split as ``process.py`` serves it from ``weights_dir``: the exported model

@@ -32,6 +32,9 @@ def _sequence_lines(config: SSLConfig, cases: SequenceCases) -> list[str]:
              f"unlabelled{held_out}"]
     if config.pseudo_labels.engine == "none":
         return lines + [f"  final model: {_schedule(config.final, len(cases.labelled))}"]
+    if not cases.unlabelled:
+        return lines + ["  no unlabelled case to pseudo-label: no rounds; the final model trains on "
+                        f"the labelled cases alone, {_schedule(config.final, len(cases.labelled))}"]
     trained = len(cases.labelled) + len(cases.unlabelled)
     return lines + [f"  round 0: {_round_zero(config, cases)}",
                     f"  each round: {_schedule(config.intermediate, trained)}",
