@@ -19,6 +19,8 @@ import SimpleITK as sitk
 from sslmedsam2.cli import CHAOS_SEQUENCES, main
 from sslmedsam2.datasets import read_collection, require_clean
 from sslmedsam2.datasets.chaos import SEQUENCES, find_patients
+from sslmedsam2.datasets.fewshot_grid import FewShotGrid
+from sslmedsam2.io import same_grid
 
 SHAPE = (6, 24, 20)  # slices, rows, columns
 SPACING = (1.5, 1.4, 6.0)
@@ -120,3 +122,52 @@ def test_convert_chaos_names_a_label_count_that_does_not_match(tmp_path, capsys)
 
 def test_cli_offers_every_chaos_sequence():
     assert CHAOS_SEQUENCES == tuple(SEQUENCES)
+
+
+def test_convert_chaos_onto_the_few_shot_grid(tmp_path):
+    """``--grid few-shot``: image and mask together on 1.25 x 1.25 x 7.7 mm, 256 x 256, the
+    brightest 0.5% clipped, and the liver where it was in the body."""
+    volume, labels, liver = _patient(2)
+    series = tmp_path / "2" / "T2SPIR"
+    _write_series(series / "DICOM_anon", volume, labels, series / "Ground")
+    out = tmp_path / "grid"
+    assert main(["convert-chaos", "--chaos", str(tmp_path), "--out", str(out), "--grid", "few-shot",
+                 "-q"]) == 0
+    image = sitk.ReadImage(str(out / "chaos_t2spir_2_image.nii.gz"))
+    mask = sitk.ReadImage(str(out / "chaos_t2spir_2_liver.nii.gz"))
+    assert image.GetSize() == (256, 256, 5) and np.allclose(image.GetSpacing(), (1.25, 1.25, 7.7))
+    assert same_grid(mask, image) and image.GetPixelID() == sitk.sitkInt16
+    assert sitk.GetArrayFromImage(image).max() <= np.percentile(volume, 99.5)
+    native = sitk.GetImageFromArray(liver.astype(np.uint8))
+    native.SetSpacing(SPACING)
+    native.SetOrigin(ORIGIN)
+    assert np.allclose(_centroid(mask), _centroid(native), atol=2.0)
+
+
+def test_few_shot_grid_keeps_an_oblique_flipped_volume_in_place():
+    """The grid takes the image's direction and centre, so a mask drawn anywhere stays on the
+    same anatomy, whatever the orientation and voxel shape."""
+    shape = (9, 40, 30)  # z, y, x
+    liver = np.zeros(shape, np.uint8)
+    liver[2:6, 8:20, 5:14] = 1
+    angle = np.deg2rad(25)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    direction = (rotation @ np.diag([-1.0, 1.0, -1.0])).ravel().tolist()
+    image, mask = (sitk.GetImageFromArray(array) for array in (liver.astype(np.int16) * 300 + 20, liver))
+    for volume in (image, mask):
+        volume.SetSpacing((0.9, 1.7, 5.0))
+        volume.SetOrigin((40.0, -25.0, 120.0))
+        volume.SetDirection(direction)
+    grid = FewShotGrid(in_plane=(64, 64))
+    gridded_image, gridded_mask = grid.apply(image, mask)
+    assert same_grid(gridded_mask, gridded_image) and gridded_image.GetDirection() == image.GetDirection()
+    assert gridded_image.GetSize() == (64, 64, 6)
+    centre = gridded_image.TransformContinuousIndexToPhysicalPoint([31.5, 31.5, 2.5])
+    assert np.allclose(centre, image.TransformContinuousIndexToPhysicalPoint([14.5, 19.5, 4.0]))
+    assert np.allclose(_centroid(gridded_mask), _centroid(mask), atol=2.5)
+
+
+def _centroid(mask: sitk.Image) -> np.ndarray:
+    """The mask's centre of mass in physical millimetres."""
+    index = np.argwhere(sitk.GetArrayFromImage(mask) > 0)[:, ::-1].mean(axis=0)
+    return np.array(mask.TransformContinuousIndexToPhysicalPoint(index.tolist()))

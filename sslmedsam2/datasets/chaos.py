@@ -8,7 +8,8 @@ mark the liver with grey 63 (kidneys 126 and 189, spleen 252). Each PNG is match
 file of the same name (else the two are paired in name order) and stacked in the series'
 geometric order, so the mask lands on the slice it was drawn on whatever the instance numbers
 say. The output is the ``flat`` layout every command reads: ``<case>_image.nii.gz`` +
-``<case>_liver.nii.gz`` on the DICOM series' own grid.
+``<case>_liver.nii.gz`` on the DICOM series' own grid, or on the grid the few-shot literature
+measures on (:mod:`.fewshot_grid`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from sslmedsam2.datasets.fewshot_grid import FewShotGrid
 from sslmedsam2.errors import InputError
 from sslmedsam2.io import itk_reason, mask_image, write_image_atomic
 
@@ -62,13 +64,18 @@ def find_patients(root: Path, sequence: str) -> list[ChaosPatient]:
             for folder in sorted(folders, key=_patient_order)]
 
 
-def convert_patient(patient: ChaosPatient, out_dir: Path) -> tuple[Path, Path]:
-    """Write the patient's image and liver mask (mask first written, image last: a case whose
-    image exists is complete). Raises :class:`InputError` naming the folder at fault."""
+def convert_patient(patient: ChaosPatient, out_dir: Path,
+                    grid: FewShotGrid | None = None) -> tuple[Path, Path]:
+    """Write the patient's image and liver mask, on the series' own grid or (``grid``) resampled
+    onto the few-shot literature's; the mask is written first, the image last, so a case whose
+    image exists is complete. Raises :class:`InputError` naming the folder at fault."""
     image, files = _read_series(patient.dicom_dir)
     liver = np.stack([_liver_slice(png, image) for png in _labels_by_slice(patient.ground_dir, files)])
+    mask = mask_image(liver, image)
+    if grid is not None:
+        image, mask = grid.apply(image, mask)
     image_path, mask_path = patient.outputs(out_dir)
-    write_image_atomic(mask_image(liver, image), mask_path)
+    write_image_atomic(mask, mask_path)
     write_image_atomic(image, image_path)
     return image_path, mask_path
 
