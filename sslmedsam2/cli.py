@@ -307,8 +307,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_pseudo_label(args: argparse.Namespace) -> int:
+    from sslmedsam2.datasets.labelling import labelling_queries
     from sslmedsam2.executors import make_executor
-    from sslmedsam2.pseudo_label import CaseLabeller, Shard, find_queries, pseudo_label
+    from sslmedsam2.pseudo_label import CaseLabeller, Shard, pseudo_label
 
     if args.method == "atlas":  # the other methods register nothing: their threads stay free
         pin_unless_threaded(args)
@@ -316,10 +317,11 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
         shard = Shard.parse(args.shard)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    queries = find_queries(args.unlabelled, args.sequence[0])
+    queries = labelling_queries(args.unlabelled, args.sequence[0])
     if not queries:
-        raise UsageError(f"{args.unlabelled}: no {args.sequence[0]} volumes "
-                         f"(expected <case>/{args.sequence[0]}.nii.gz or Vendor_X/<case>/...)")
+        raise UsageError(f"{args.unlabelled}: no {args.sequence[0]} volumes to label (expected "
+                         f"<case>/{args.sequence[0]}.nii.gz, Vendor_X/<case>/..., or a collection "
+                         "with unlabelled images)")
     recipe, source = _labelling_recipe(args)
     log.info("%s, %d quer%s (shard %d/%d: %d)", source, len(queries),
              "y" if len(queries) == 1 else "ies", shard.index, shard.count,
@@ -337,11 +339,11 @@ def _labelling_recipe(args: argparse.Namespace):
     """How each worker builds the engine ``--method`` names (picklable), and a log line."""
     from functools import partial
 
+    from sslmedsam2.datasets.labelling import labelling_supports
     from sslmedsam2.engines.atlas import AtlasEngine
     from sslmedsam2.engines.base import RuntimeOptions
     from sslmedsam2.engines.nnunet import NnUNetEngine
     from sslmedsam2.registration.label_propagation import AtlasConfig
-    from sslmedsam2.supports import find_supports
 
     if args.method == "nnunet":
         if args.weights is None:
@@ -353,17 +355,14 @@ def _labelling_recipe(args: argparse.Namespace):
         return (partial(NnUNetEngine, args.weights, options, with_uncertainty=True),
                 f"nnU-Net ensemble from {args.weights}")
     if args.supports is None:
-        raise UsageError(f"--method {args.method} needs --supports DIR (labelled GED4 cases)")
-    supports = find_supports(args.supports)
-    if not supports:
-        raise UsageError(f"{args.supports}: no support cases (expected <case>/GED4.nii.gz with "
-                         "mask_GED4.nii.gz, or a CARE training root)")
-    source = f"{len(supports)} support(s)"
+        raise UsageError(f"--method {args.method} needs --supports DIR (labelled cases)")
+    supports, sequence = labelling_supports(args.supports, args.sequence[0])
+    source = f"{len(supports)} {sequence} support(s)"
     if args.method == "sam2":
         return _sam2_recipe(args, supports), source
     atlas = AtlasConfig(deformable=args.deformable, weighted=not args.vote_only, intensity=not args.vote_only)
-    return (partial(AtlasEngine, supports, atlas,
-                    max_supports=args.max_supports, origin=str(args.supports)), source)
+    return (partial(AtlasEngine, supports, atlas, max_supports=args.max_supports,
+                    origin=str(args.supports), support_sequence=sequence), source)
 
 
 def _sam2_recipe(args: argparse.Namespace, supports):
@@ -641,7 +640,10 @@ def _add_reproduce_command(commands: Commands) -> None:
 def _add_pseudo_label_command(commands: Commands) -> None:
     pseudo = commands.add_parser(
         "pseudo-label", help="few-shot pseudo labels for unlabelled volumes (resumable, shardable)",
-        description="Label every <SEQ> volume under --unlabelled from the labelled GED4 supports. "
+        description="Label every <SEQ> volume under --unlabelled from the labelled supports: CARE's "
+                    "GED4 cases, or any collection's labelled cases (nnU-Net raw, images/ + masks/, "
+                    "flat <case>_image + <case>_liver); from a collection, --unlabelled takes its "
+                    "cases without a mask, so one folder may be given to both. "
                     "Writes <out>/<case>/<SEQ>.nii.gz (mask on the query grid) and "
                     "<SEQ>_uncertainty.nii.gz, skips cases already done, and logs a JSON line per "
                     "case. Method atlas: each support registered to the query (ANTs SyN within the "
@@ -667,13 +669,16 @@ def _add_pseudo_label_command(commands: Commands) -> None:
     pseudo.add_argument("--folds", type=_fold_list, default=None,
                         help="nnunet: folds to ensemble (default: all on GPU, one on CPU)")
     pseudo.add_argument("--supports", type=Path, default=None,
-                        help="atlas, sam2: <case>/GED4.nii.gz + mask_GED4.nii.gz folders, or a "
-                             "CARE training root")
+                        help="atlas, sam2: <case>/GED4.nii.gz + mask_GED4.nii.gz folders, a CARE "
+                             "training root, or any labelled collection (its cases with a mask)")
     pseudo.add_argument("--unlabelled", type=Path, required=True,
-                        help="CARE root (Vendor_X/<case>/<SEQ>.nii.gz) or a folder of case folders")
+                        help="CARE root (Vendor_X/<case>/<SEQ>.nii.gz), a folder of case folders, "
+                             "or a collection (its cases without a mask)")
     pseudo.add_argument("--out", type=Path, required=True)
     pseudo.add_argument("--sequence", type=_sequence_list, default=("GED4",),
-                        help="query sequence (supports are always GED4). Default: GED4")
+                        help="query sequence (default: GED4); CARE supports are always GED4, a "
+                             "collection's supports take this name, so queries of the same name "
+                             "are registered deformably (SyN), others affinely")
     pseudo.add_argument("--shard", default="0/1", help="i/n: this machine's share of the cases")
     add_registration_threads(pseudo)
     pseudo.add_argument("--max-supports", type=int, default=5,

@@ -201,7 +201,7 @@ def test_cli_pseudo_label(tmp_path, example_dataset):
     assert len(list((tmp_path / "out").glob("*/GED4.nii.gz"))) == len(example_dataset.split("test"))
     missing = subprocess.run(command[:5] + [str(tmp_path / "none")] + command[6:],
                              capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 1 and "no support cases" in missing.stderr
+    assert missing.returncode == 1 and "none: not a folder" in missing.stderr
 
 
 def test_process_falls_back_to_atlas(tmp_path, trained_weights, example_dataset, supports):

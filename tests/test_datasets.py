@@ -5,6 +5,8 @@ collection whose exported weights then serve process.py on plain inputs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,41 @@ def test_ssl_loop_runs_on_a_plain_collection_and_serves_plain_inputs(plain_colle
     assert (record["sequence"], record["engine"]) == ("T2", "nnunet")
     mask = sitk.ReadImage(record["output"])
     assert same_grid(mask, sitk.ReadImage(str(image)))
+
+
+def test_pseudo_label_on_a_plain_collection(plain_collection, tmp_path):
+    """One folder for both: its masked cases are the supports, its other cases are labelled,
+    under the user's sequence name, each mask on its own image's grid."""
+    train, _ = plain_collection
+    out = tmp_path / "pseudo"
+    result = _cli("pseudo-label", "--supports", train, "--unlabelled", train, "--sequence", "T2",
+                  "--max-supports", "1", "--out", out, "-q")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 T2 support(s)" in result.stderr
+    unlabelled = sorted(p.name.removesuffix("_image.nii.gz") for p in train.glob("*_image.nii.gz")
+                        if not (train / p.name.replace("_image", "_liver")).exists())
+    assert sorted(p.parent.name for p in out.glob("*/T2.nii.gz")) == unlabelled
+    for case in unlabelled:
+        mask = sitk.ReadImage(str(out / case / "T2.nii.gz"))
+        assert same_grid(mask, sitk.ReadImage(str(train / f"{case}_image.nii.gz")))
+        assert sitk.GetArrayViewFromImage(mask).any()
+
+
+def test_pseudo_label_names_a_collection_problem_before_any_registration(tmp_path):
+    data = tmp_path / "data"
+    for case, mask in (("p01", "{case}_liver.nii.gz"), ("p02", None)):
+        _pair(data, case, "{case}_image.nii.gz", mask)
+    _volume(data / "p01_liver.nii.gz", spacing=(1.0, 1.0, 3.0), kind="liver")
+    result = _cli("pseudo-label", "--supports", data, "--unlabelled", data, "--out", tmp_path / "o", "-q")
+    assert result.returncode == 1
+    assert "p01_liver.nii.gz: mask off its image's grid" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess:
+    """An ``sslmedsam2`` command in its own process, as a user runs it (it pins ANTs' threads)."""
+    return subprocess.run([sys.executable, "-m", "sslmedsam2", *map(str, args)], capture_output=True,
+                          text=True, timeout=900)
 
 
 def test_train_dry_run_checks_and_plans_without_writing(tmp_path, capsys):
