@@ -332,7 +332,21 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     failed = [r for r in records if r["status"] == "error"]
     log.info("done: %d labelled, %d already done, %d failed", sum(r["status"] == "ok" for r in records),
              sum(r["status"] == "skipped" for r in records), len(failed))
+    if args.montages:
+        _pseudo_label_montages(args, records)
     return 1 if failed else 0
+
+
+def _pseudo_label_montages(args: argparse.Namespace, records: list[dict]) -> None:
+    from sslmedsam2.evaluation.case_montages import save_label_montages
+    from sslmedsam2.pseudo_label import Query, outputs_of
+
+    sequence = args.sequence[0]
+    labels = [(f"{r['case']}_{sequence}", Path(r["input"]),
+               outputs_of(args.out, Query(r["case"], Path(r["input"])), sequence)[0])
+              for r in records if r["status"] != "error"]
+    written = save_label_montages(labels, args.montages, "pseudo label", progress=not args.quiet)
+    log.info("%d picture(s) of the pseudo labels in %s", len(written), args.montages)
 
 
 def _labelling_recipe(args: argparse.Namespace):
@@ -680,6 +694,9 @@ def _add_pseudo_label_command(commands: Commands) -> None:
                              "collection's supports take this name, so queries of the same name "
                              "are registered deformably (SyN), others affinely")
     pseudo.add_argument("--shard", default="0/1", help="i/n: this machine's share of the cases")
+    pseudo.add_argument("--montages", type=Path, default=None, metavar="DIR",
+                        help="one PNG per labelled case of this shard here, the pseudo label drawn "
+                             "on its image (<case>_<SEQ>.png)")
     add_registration_threads(pseudo)
     pseudo.add_argument("--max-supports", type=int, default=5,
                         help="supports registered per query, same vendor first (default 5)")

@@ -198,16 +198,17 @@ def test_ssl_loop_runs_on_a_plain_collection_and_serves_plain_inputs(plain_colle
 
 def test_pseudo_label_on_a_plain_collection(plain_collection, tmp_path):
     """One folder for both: its masked cases are the supports, its other cases are labelled,
-    under the user's sequence name, each mask on its own image's grid."""
+    under the user's sequence name, each mask on its own image's grid and drawn on it."""
     train, _ = plain_collection
     out = tmp_path / "pseudo"
     result = _cli("pseudo-label", "--supports", train, "--unlabelled", train, "--sequence", "T2",
-                  "--max-supports", "1", "--out", out, "-q")
+                  "--max-supports", "1", "--out", out, "--montages", tmp_path / "pictures", "-q")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 T2 support(s)" in result.stderr
     unlabelled = sorted(p.name.removesuffix("_image.nii.gz") for p in train.glob("*_image.nii.gz")
                         if not (train / p.name.replace("_image", "_liver")).exists())
     assert sorted(p.parent.name for p in out.glob("*/T2.nii.gz")) == unlabelled
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == [f"{c}_T2.png" for c in unlabelled]
     for case in unlabelled:
         mask = sitk.ReadImage(str(out / case / "T2.nii.gz"))
         assert same_grid(mask, sitk.ReadImage(str(train / f"{case}_image.nii.gz")))

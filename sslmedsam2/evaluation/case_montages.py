@@ -53,6 +53,21 @@ def save_case_montages(results: Iterable[CaseResult], out_dir: Path, images_dir:
     return written
 
 
+def save_label_montages(labels: Iterable[tuple[str, Path, Path]], out_dir: Path, title: str,
+                        progress: bool = True) -> list[Path]:
+    """A PNG per (name, image, mask) in ``out_dir``, ``<name>.png``: masks without a ground truth
+    to score them (pseudo labels), drawn so a reader sees at a glance which ones went astray."""
+    written = []
+    for name, image_path, mask_path in tqdm(list(labels), desc="montages", unit="case", disable=not progress):
+        try:
+            image, mask = read_volume(image_path), read_mask(mask_path)
+        except SSLMedSAM2Error as exc:
+            log.warning("%s: %s; no picture", name, exc)
+            continue
+        written.append(save_overlay_montage(image, {title: mask}, out_dir / f"{name}.png", title=name))
+    return written
+
+
 def find_image(result: CaseResult, images_dir: Path | None,
                case_images: dict[tuple[str, str], Path]) -> Path | None:
     """The image a case's masks lie on, or None; ``case_images`` indexes ``images_dir``'s case
