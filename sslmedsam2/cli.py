@@ -207,9 +207,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(summary_table(results))
     if args.montages:
         from sslmedsam2.evaluation.case_montages import save_case_montages
+        from sslmedsam2.evaluation.folders import labelled_collection
 
-        pictures = save_case_montages(results, args.montages, args.images, progress=not args.quiet,
-                                      worst=args.worst)
+        collection = labelled_collection(args.gt)
+        pictures = save_case_montages(
+            results, args.montages, args.images, progress=not args.quiet, worst=args.worst,
+            images_by_case={s.case: s.image for s in collection.labelled} if collection else None)
         log.info("%d overlay picture(s), worst Dice first, in %s", len(pictures), args.montages)
     problems = failures(results, args.min_dice)
     for problem in problems:
@@ -528,7 +531,10 @@ def _add_evaluate_command(commands: Commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="Dice, Hausdorff (max) and HD95 in mm per case and sequence",
         description="Pair predictions (<case>/<SEQ>_pred.nii.gz or <name>_pred.*) with ground truth "
-                    "(<case>/mask_<SEQ>.nii.gz or <name>.*) and score them with the challenge's "
+                    "(<case>/mask_<SEQ>.nii.gz or <name>.*, or a labelled collection's masks: "
+                    "imagesTr/ + labelsTr/, images/ + masks/, <case>_image + <case>_liver, where "
+                    "<case>_pred, or the prediction of a case's image, <case>_image_pred or "
+                    "<case>_0000_pred, is that case's) and score them with the challenge's "
                     "metric definitions. Empty masks: both empty -> Dice 1, HD 0; one empty -> "
                     "Dice 0, HD = image diagonal (mm).")
     evaluate.add_argument("--pred", type=Path, required=True, help="prediction folder")

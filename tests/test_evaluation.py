@@ -209,6 +209,35 @@ def test_montages_find_plain_images_by_name(tmp_path):
     assert picture.name == "001_liver7.png" and picture.stat().st_size > 1000
 
 
+def test_a_labelled_collection_as_ground_truth(tmp_path, capsys):
+    """``--gt`` may be the researcher's own collection: its masks are the ground truth, and a
+    prediction named after a case or after its image (what ``infer`` writes) is that case's; its
+    images are drawn in the montages without --images."""
+    from sslmedsam2.cli import main
+
+    flat, raw, pred = tmp_path / "flat", tmp_path / "raw", tmp_path / "pred"
+    for case in ("p01", "p02"):
+        write(flat / f"{case}_image.nii.gz", (cube() * 90 + 5).astype(np.int16))
+        write(flat / f"{case}_liver.nii.gz", cube())
+    write(flat / "p03_image.nii.gz", (cube() * 90).astype(np.int16))  # unlabelled: not scored
+    write(pred / "p01_image_pred.nii.gz", cube(offset=2))
+    write(pred / "p02_pred.nii.gz", cube())
+    results = by_key(evaluate_folders(pred, flat, progress=False))
+    assert set(results) == {("p01", ""), ("p02", "")}
+    assert results["p02", ""].dice == 1.0 and results["p01", ""].dice < 1.0
+
+    write(raw / "imagesTr" / "liver_001_0000.nii.gz", (cube() * 90).astype(np.int16))
+    write(raw / "labelsTr" / "liver_001.nii.gz", cube())
+    write(tmp_path / "raw_pred" / "liver_001_0000_pred.nii.gz", cube())
+    [result] = evaluate_folders(tmp_path / "raw_pred", raw, progress=False)
+    assert (result.case, result.dice, Path(result.gt_path).parent.name) == ("liver_001", 1.0, "labelsTr")
+
+    pictures = tmp_path / "pictures"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(flat), "--montages", str(pictures), "-q"]) == 0
+    assert sorted(p.name for p in pictures.iterdir()) == ["001_p01.png", "002_p02.png"]
+    assert "no image" not in capsys.readouterr().err
+
+
 def test_montage_options_without_montages_or_out_of_range_are_usage_errors(care_folders, tmp_path):
     from sslmedsam2.cli import main
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,15 +29,18 @@ PLAIN_IMAGE_STEMS = ("{name}", "{name}_0000", "{name}_image")
 
 
 def save_case_montages(results: Iterable[CaseResult], out_dir: Path, images_dir: Path | None = None,
-                       progress: bool = True, worst: int | None = None) -> list[Path]:
+                       progress: bool = True, worst: int | None = None,
+                       images_by_case: Mapping[str, Path] | None = None) -> list[Path]:
     """A PNG per scored case in ``out_dir`` (only the ``worst`` lowest Dice when given),
-    ``<rank>_<case>[_<SEQ>].png`` with rank 1 the worst Dice. A case whose image cannot be found
-    or read is skipped with a warning naming it."""
+    ``<rank>_<case>[_<SEQ>].png`` with rank 1 the worst Dice. ``images_by_case``: images already
+    known (a labelled collection's), looked up first. A case whose image cannot be found or read
+    is skipped with a warning naming it."""
     scored = sorted((r for r in results if r.dice is not None), key=lambda r: (r.dice, r.label))[:worst]
     case_images = _case_folder_images(images_dir)
+    known = images_by_case or {}
     written = []
     for rank, result in enumerate(tqdm(scored, desc="montages", unit="case", disable=not progress), 1):
-        image_path = find_image(result, images_dir, case_images)
+        image_path = known.get(result.case) or find_image(result, images_dir, case_images)
         if image_path is None:
             where = f" or in {images_dir}" if images_dir else " (give --images DIR)"
             log.warning("%s: no image beside %s%s; no picture", result.label, result.gt_path, where)

@@ -7,7 +7,10 @@ Pairing rule (files with any suffix of :data:`sslmedsam2.io.VOLUME_SUFFIXES`; do
   folder is keyed ``(name, "")``. Other volume files are ignored (logged).
 * ground truth: ``<gt>/**/<case>/mask_<SEQ>.<ext>`` is keyed ``(case, SEQ)`` (the CARE convention,
   e.g. ``gt/Vendor_A/0001-A/mask_GED4.nii.gz``); ``<gt>/<name>.<ext>`` directly in the folder is
-  keyed ``(name, "")``. Images beside the masks (``GED4.nii.gz``) are ignored.
+  keyed ``(name, "")``. Images beside the masks (``GED4.nii.gz``) are ignored. A labelled
+  collection (``imagesTr/`` + ``labelsTr/``, ``images/`` + ``masks/``, ``<case>_image`` +
+  ``<case>_liver``) gives its masks keyed ``(case, "")``, and a prediction named after a case's
+  image (``<case>_image_pred``, ``<case>_0000_pred``, what ``infer`` writes for it) is that case's.
 * two files with the same key on one side are an error (:class:`InputError`), never a silent pick.
 * a ground truth without prediction is scored as an empty prediction (Dice 0, HD = HD95 = image
   diagonal, see :mod:`sslmedsam2.evaluation.metrics`) with a note in ``error``; a prediction without ground
@@ -25,7 +28,7 @@ import logging
 import sys
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +37,9 @@ from tqdm import tqdm
 from sslmedsam2.errors import InputError, LayoutError, SSLMedSAM2Error
 from sslmedsam2.evaluation.metrics import compute_metrics
 from sslmedsam2.io import is_volume_file, same_grid, volume_stem, write_text_atomic
+
+if TYPE_CHECKING:
+    from sslmedsam2.datasets.collection import Collection
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +77,51 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, progress: bool = True,
     ``sequences`` restricts scoring to those sequences (plain-layout pairs have none and are kept),
     e.g. GED4 only when the challenge requires GED4 and the other sequences are optional.
     """
-    preds = find_predictions(Path(pred_dir))
-    gts = find_ground_truth(Path(gt_dir))
+    gts, cases_of_images = _ground_truth(Path(gt_dir))
+    preds = {(cases_of_images.get(name, name) if not sequence else name, sequence): path
+             for (name, sequence), path in find_predictions(Path(pred_dir)).items()}
     if sequences is not None:
         wanted = set(sequences) | {""}
         preds = {k: v for k, v in preds.items() if k[1] in wanted}
         gts = {k: v for k, v in gts.items() if k[1] in wanted}
     if not gts:
         raise LayoutError(f"{gt_dir}: no ground-truth masks found (expected <case>/mask_<SEQ>.nii.gz "
-                          "in subfolders, or <name>.nii.gz directly in the folder)")
+                          "in subfolders, <name>.nii.gz directly in the folder, or a labelled "
+                          "collection: imagesTr/ + labelsTr/, images/ + masks/, <case>_image + "
+                          "<case>_liver)")
     keys = sorted(set(preds) | set(gts))
     results = []
     for key in tqdm(keys, desc="evaluating", unit="mask", file=sys.stderr, disable=not progress):
         results.append(evaluate_pair(key, preds.get(key), gts.get(key)))
     return results
+
+
+def _ground_truth(gt_dir: Path) -> tuple[dict[Key, Path], dict[str, str]]:
+    """Ground truth by key, and each image name a prediction may carry mapped to its case
+    (``p01_image`` -> ``p01``, ``liver_001_0000`` -> ``liver_001``) when ``gt_dir`` is a labelled
+    collection; any other folder follows the pairing rule above."""
+    collection = labelled_collection(gt_dir)
+    if collection is None:
+        return find_ground_truth(gt_dir), {}
+    return ({(s.case, ""): s.mask for s in collection.labelled},
+            {volume_stem(s.image): s.case for s in collection.labelled})
+
+
+def labelled_collection(folder: Path) -> Collection | None:
+    """``folder`` read as a labelled collection (nnU-Net raw, images/ + masks/, flat pairs; what
+    ``train`` reads), or None when it is not one with masks. CARE folders keep the pairing rule."""
+    from sslmedsam2.datasets.collection import detect_layout, read_collection
+
+    try:
+        layout = detect_layout(folder)
+    except LayoutError:
+        return None
+    collection = None if layout == "care" else read_collection(folder, "", layout)
+    if collection is None or not collection.labelled:
+        return None
+    for problem in collection.problems:
+        log.warning("%s", problem)
+    return collection
 
 
 def find_predictions(pred_dir: Path) -> dict[Key, Path]:
