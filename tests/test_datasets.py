@@ -265,6 +265,7 @@ def test_train_dry_run_on_care_speaks_for_each_sequence(example_dataset, capsys)
     ged4, t1 = capsys.readouterr().out.split("\nT1: ")
     assert "(care layout)" in ged4 and "GED4: 3 labelled, 0 unlabelled" in ged4
     assert "no unlabelled case to pseudo-label: no rounds" in ged4 and "round 0" not in ged4
+    assert "rounds: up to" in t1  # T1 has cases to label
     assert t1.startswith("0 labelled, 3 unlabelled")
     assert "atlas few-shot pseudo labels alone (no labelled T1 case to train a labelled-only" in t1
     assert "the SSL model, unchecked" in t1

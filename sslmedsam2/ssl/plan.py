@@ -18,9 +18,11 @@ def describe_plan(config: SSLConfig) -> str:
     (naming every file at fault) where a collection has problems, as the run would."""
     layout = detect_layout(config.data.train) if config.data.layout == "auto" else config.data.layout
     lines = [f"training collection: {config.data.train} ({layout} layout)"]
-    for sequence in config.data.sequences:
-        lines += _sequence_lines(config, gather_cases(config, sequence))
-    lines.append(_loop_line(config))
+    sequences = [gather_cases(config, sequence) for sequence in config.data.sequences]
+    for cases in sequences:
+        lines += _sequence_lines(config, cases)
+    if config.pseudo_labels.engine == "none" or any(cases.unlabelled for cases in sequences):
+        lines.append(_loop_line(config))
     return "\n".join(lines)
 
 
