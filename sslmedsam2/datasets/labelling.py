@@ -29,10 +29,10 @@ def labelling_supports(root: Path, sequence: str) -> tuple[list[Support], str]:
 
 
 def labelling_queries(root: Path, sequence: str) -> list[Query]:
-    """Every ``<SEQ>`` volume of case folders or a CARE root, else a collection's unlabelled cases."""
+    """Every ``<SEQ>`` volume of case folders or a CARE root, else a collection's unlabelled cases
+    (by name: a query that cannot be read fails alone, as any case does)."""
     _require_folder(root)
-    return find_queries(root, sequence) or require_clean(read_collection(root, sequence),
-                                                         need_labels=False).unlabelled
+    return find_queries(root, sequence) or read_collection(root, sequence).unlabelled
 
 
 def _require_folder(root: Path) -> None:
