@@ -12,7 +12,6 @@ from pathlib import Path
 
 from sslmedsam2.datasets.check import require_clean
 from sslmedsam2.datasets.collection import read_collection
-from sslmedsam2.errors import InputError
 from sslmedsam2.pseudo_label import Query, find_queries
 from sslmedsam2.sequences import GED4
 from sslmedsam2.supports import Support, find_supports
@@ -20,8 +19,8 @@ from sslmedsam2.supports import Support, find_supports
 
 def labelling_supports(root: Path, sequence: str) -> tuple[list[Support], str]:
     """The labelled cases to draw pseudo labels from, and their sequence: CARE's GED4, or
-    ``sequence`` for any other collection. Raises naming every file at fault."""
-    _require_folder(root)
+    ``sequence`` for any other collection. Raises naming every file at fault (or the folder,
+    when it is none)."""
     supports = find_supports(root)
     if supports:
         return supports, GED4
@@ -31,10 +30,5 @@ def labelling_supports(root: Path, sequence: str) -> tuple[list[Support], str]:
 def labelling_queries(root: Path, sequence: str) -> list[Query]:
     """Every ``<SEQ>`` volume of case folders or a CARE root, else a collection's unlabelled cases
     (by name: a query that cannot be read fails alone, as any case does)."""
-    _require_folder(root)
     return find_queries(root, sequence) or read_collection(root, sequence).unlabelled
 
-
-def _require_folder(root: Path) -> None:
-    if not Path(root).is_dir():
-        raise InputError(root, "not a folder")

@@ -103,6 +103,8 @@ def _ground_truth(gt_dir: Path) -> tuple[dict[Key, Path], dict[str, str]]:
     collection = labelled_collection(gt_dir)
     if collection is None:
         return find_ground_truth(gt_dir), {}
+    for problem in collection.problems:
+        log.warning("%s", problem)
     return ({(s.case, ""): s.mask for s in collection.labelled},
             {volume_stem(s.image): s.case for s in collection.labelled})
 
@@ -117,11 +119,7 @@ def labelled_collection(folder: Path) -> Collection | None:
     except LayoutError:
         return None
     collection = None if layout == "care" else read_collection(folder, "", layout)
-    if collection is None or not collection.labelled:
-        return None
-    for problem in collection.problems:
-        log.warning("%s", problem)
-    return collection
+    return collection if collection is not None and collection.labelled else None
 
 
 def find_predictions(pred_dir: Path) -> dict[Key, Path]:

@@ -133,6 +133,12 @@ def gather_cases(config: SSLConfig, sequence: str) -> SequenceCases:
     return SequenceCases(sequence, train.labelled, train.unlabelled, holdout, truth)
 
 
+def trains_rounds(config: SSLConfig, cases: SequenceCases) -> bool:
+    """Whether pseudo labels have anything to teach: a few-shot engine and unlabelled cases.
+    Without unlabelled cases every round would retrain the labelled-only model."""
+    return config.pseudo_labels.engine != "none" and bool(cases.unlabelled)
+
+
 def holdout_cases(config: SSLConfig, sequence: str) -> tuple[list[Query], dict[str, Path]]:
     """The held-out split's volumes and, per case, its ground-truth mask."""
     data = config.data
@@ -256,15 +262,11 @@ class SemiSupervisedRun:
         return records + [fallback], model
 
     def _semi_supervised(self, cases: SequenceCases) -> bool:
-        """Whether there is anything for pseudo labels to teach: a few-shot engine and unlabelled
-        cases. Without unlabelled cases every round would retrain the labelled-only model."""
-        if self.config.pseudo_labels.engine == "none":
-            return False
-        if not cases.unlabelled:
+        """:func:`trains_rounds`, saying so where only the missing unlabelled cases stop it."""
+        if self.config.pseudo_labels.engine != "none" and not cases.unlabelled:
             log.warning("%s: no unlabelled case to pseudo-label; the final model trains on the %d "
                         "labelled case(s) alone", cases.sequence, len(cases.labelled))
-            return False
-        return True
+        return trains_rounds(self.config, cases)
 
     def score_served(self, sequence: str, weights_dir: Path, exported: StepRecord) -> StepRecord | None:
         """The held-out split as ``process.py`` serves it from ``weights_dir``: the exported model

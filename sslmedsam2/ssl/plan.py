@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sslmedsam2.datasets import detect_layout
 from sslmedsam2.ssl.config import ScheduleConfig, SSLConfig
-from sslmedsam2.ssl.loop import SequenceCases, gather_cases
+from sslmedsam2.ssl.loop import SequenceCases, gather_cases, trains_rounds
 
 
 def describe_plan(config: SSLConfig) -> str:
@@ -21,7 +21,7 @@ def describe_plan(config: SSLConfig) -> str:
     sequences = [gather_cases(config, sequence) for sequence in config.data.sequences]
     for cases in sequences:
         lines += _sequence_lines(config, cases)
-    if config.pseudo_labels.engine == "none" or any(cases.unlabelled for cases in sequences):
+    if config.pseudo_labels.engine == "none" or any(trains_rounds(config, cases) for cases in sequences):
         lines.append(_loop_line(config))
     return "\n".join(lines)
 
@@ -34,7 +34,7 @@ def _sequence_lines(config: SSLConfig, cases: SequenceCases) -> list[str]:
              f"unlabelled{held_out}"]
     if config.pseudo_labels.engine == "none":
         return lines + [f"  final model: {_schedule(config.final, len(cases.labelled))}"]
-    if not cases.unlabelled:
+    if not trains_rounds(config, cases):
         return lines + ["  no unlabelled case to pseudo-label: no rounds; the final model trains on "
                         f"the labelled cases alone, {_schedule(config.final, len(cases.labelled))}"]
     trained = len(cases.labelled) + len(cases.unlabelled)
